@@ -1,0 +1,69 @@
+"""`bnsym verify` and `bnsym derive` from the command line, and the proofs' verdicts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bnsym import cli
+from bnsym.derivation import derive
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "bnsym.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_proof_passes_in_both_modes():
+    for mode in ("train", "eval"):
+        results = derive(mode).verify(max_m=6)
+        checks = {r.check.split()[0] for r in results}
+        assert checks == {"exact", "fd-float64", "fd-mpmath"}
+        assert [r.inputs for r in results if r.check.startswith("exact")] == [
+            f"m={k}: dx, dgamma, dbeta" for k in range(2, 7)]
+        bad = [r for r in results if not r.passed]
+        assert not bad, bad
+        # the stated tolerances are met with margin, not barely
+        for r in results:
+            if r.check.startswith("fd"):
+                assert r.max_error < r.tolerance / 10
+
+
+def test_verify_cli_prints_table_and_exit_status(capsys):
+    assert cli.main(["verify", "--mode", "eval", "--max-m", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "check" in out and "verdict" in out and "PASS" in out
+    assert "0 failed" in out
+
+
+def test_verify_cli_exits_nonzero_on_a_failing_check(monkeypatch, capsys):
+    from bnsym import verify
+
+    real = verify.fd_check
+
+    def wrong(*a, **k):
+        r = real(*a, **k)
+        r.passed, r.max_error = False, 1.0
+        return r
+
+    monkeypatch.setattr(verify, "fd_check", wrong)
+    assert cli.main(["verify", "--mode", "train", "--max-m", "2"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_derive_cli_outputs(tmp_path):
+    dot = tmp_path / "g.dot"
+    p = run("derive", "--stages", "--plan", "--dot", str(dot))
+    assert p.returncode == 0, p.stderr
+    assert "bar_xhat" in p.stdout and "dx" in p.stdout and "kernel backward_train" in p.stdout
+    assert dot.read_text().startswith("digraph")
+    p = run("derive", "--mode", "eval", "--latex")
+    assert p.returncode == 0 and "\\begin{align*}" in p.stdout
+
+
+@pytest.mark.parametrize("args", [["derive", "--mode", "nope"], ["verify", "--max-m", "x"],
+                                  ["frobnicate"], ["verify", "--max-m", "40"]])
+def test_bad_cli_arguments_give_one_line_and_nonzero_exit(args):
+    p = run(*args)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
