@@ -1,0 +1,1348 @@
+"""``bnsym bench``: bnsym's compiled kernels against NumPy, PyTorch's CPU kernels and a copy floor.
+
+Run ``bnsym bench`` (or ``python -m bnsym.bench``) for the full default benchmark, ``--quick`` for
+a short smoke run, ``-h`` for the options. What is timed, and how (see also
+``shared/baseline/perf-baseline.md``, whose protocol this follows so that the numbers compare):
+
+* Cases: BN1d (256, 1024), (4096, 256); BN2d (32, 64, 56, 56), (8, 256, 28, 28), (64, 16, 32, 32),
+  the 4-D ones both contiguous (NCHW) and channels-last (NHWC strides, shape still (N, C, H, W)),
+  each in float32 and float64, at 1 and 2 threads. Passes: ``fwd`` (training forward, with the
+  running-stat update), ``infer`` (inference forward), ``bwd`` (training backward, all three grads).
+* Implementations:
+  - **bnsym**: ``bnsym.batch_norm_forward`` / ``batch_norm_backward`` with the compiled C backend and
+    preallocated outputs (``out=``), threads set with ``bnsym.set_num_threads``.
+  - **numpy**: the same API with ``backend="numpy"``. NumPy runs on one thread, so it is measured
+    once, at 1 thread, and that number is shown in the 2-thread rows too.
+  - **torch**: ``torch.ops.aten.native_batch_norm.out`` for fwd and infer (preallocated output, it
+    writes in place and keeps the channels-last strides) and the functional
+    ``torch.ops.aten.native_batch_norm_backward`` for bwd (its ``.out`` form computes then copies and
+    is slower, so it gets the functional form as in the baseline), with ``torch.set_num_threads``.
+  - **floor**: a C loop ``y[i] = a*x[i] + b`` over the same number of elements and dtype, compiled with
+    bnsym's own flags (``bnsym.compiler.compile_args()``), plain at 1 thread, OpenMP at 2.
+* Protocol per measurement: GC off; warm-up of at least 3 calls and 50 ms; then at least 25 samples
+  and 0.3 s of sampling (at most 500 samples), one call per sample with ``time.perf_counter``; the
+  figure is the median. Minor page faults per call and the host's steal time are recorded.
+* Page faults: glibc serves allocations > 32 MiB with mmap and unmaps them on free, so any op with a
+  fresh output that large pays ~20 ms of faults per call. bnsym reuses its outputs through ``out=``;
+  torch's backward allocates. Unless ``--malloc default`` is given the benchmark sets glibc's
+  ``M_MMAP_MAX`` to 0 and ``M_TRIM_THRESHOLD`` to 2 GiB (the baseline's "steady allocator"), so that
+  the functional forms reuse heap memory instead of faulting it in; faults per call are in the JSON.
+* 2 threads: the second vCPU of this machine is at times taken by the host and an OpenMP barrier then
+  waits whole scheduler ticks (4/8/24/48 ms). Every 2-thread cell is therefore measured ``--repeats``
+  times (default 3) in rounds interleaved with the other implementations, and the **minimum of the
+  medians** is reported: a stall only ever inflates a median, so the smallest is the estimate of the
+  undisturbed cost. All the medians are kept in the JSON.
+* Ratios are taken between numbers measured in the same run, close together in time (the machine is
+  shared and noisy: treat differences under ~1.3x in a single cell as noise).
+
+The sweep (on by default, ``--no-sweep`` to skip, ``--sweep`` to add it to ``--quick``) times one
+layout (NCHW, (2, 32, H, W)) and dtype at one thread for sizes from 4 KiB to 256 MiB per tensor, and
+prints nanoseconds per element for fwd / infer / bwd of bnsym and torch and for the floor.
+
+This module is on the runtime side: it imports numpy, cffi, tqdm, bnsym's runtime API, and torch and
+matplotlib only when they are installed and asked for; never sympy or jinja2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.machinery
+import importlib.util
+import inspect
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["cli_bench", "main", "run", "BenchConfig", "DEFAULT_CASES", "QUICK_CASES"]
+
+PASSES = ("fwd", "infer", "bwd")
+PASS_LABEL = {"fwd": "fwd-train", "infer": "infer", "bwd": "bwd"}
+IMPLS = ("bnsym", "numpy", "torch", "floor")
+DTYPES = ("float32", "float64")
+DTYPE_SHORT = {"float32": "f32", "float64": "f64"}
+
+DEFAULT_CASES = ((256, 1024), (4096, 256), (32, 64, 56, 56), (8, 256, 28, 28), (64, 16, 32, 32))
+QUICK_CASES = ((256, 1024), (8, 256, 28, 28))
+TINY_SHAPE = (4, 8)
+MOMENTUM = 0.1
+EPS = 1e-5
+
+# Targets of the issue: name -> (description, threshold).
+TARGETS = {
+    "fwd_geomean": 2.0,
+    "bwd_geomean": 1.5,
+    "floor_fwd": 2.0,
+    "floor_bwd": 3.0,
+    "floor_infer": 1.25,
+    "tiny": 0.5,
+    "import_s": 0.150,
+    "compile_s": 30.0,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class BenchConfig:
+    cases: tuple = DEFAULT_CASES
+    dtypes: tuple = DTYPES
+    layouts: tuple = ("nchw", "nhwc")
+    threads: tuple = (1, 2)
+    passes: tuple = PASSES
+    torch: bool = True
+    numpy: bool = True
+    repeats: int = 3  # medians per 2-thread cell
+    min_samples: int = 25
+    max_samples: int = 500
+    min_time: float = 0.3
+    warm_calls: int = 3
+    warm_time: float = 0.05
+    sweep: bool = True
+    sweep_max_bytes: int = 256 << 20
+    overheads: bool = True  # tiny-input call, import time
+    compile_check: bool = True  # first-use compile time in a subprocess
+    malloc_steady: bool = True
+    seed: int = 0
+    quick: bool = False
+    progress: bool | None = None  # None: only on a terminal
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# the floor kernel: y[i] = a*x[i] + b, compiled with bnsym's flags
+
+FLOOR_CDEF = """
+void bnsym_floor_f32(const float *x, float *y, ptrdiff_t n, float a, float b, int nthreads);
+void bnsym_floor_f64(const double *x, double *y, ptrdiff_t n, double a, double b, int nthreads);
+"""
+
+FLOOR_SRC = r"""
+#include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* The copy floor of the benchmark: one read and one write per element, the least any
+   normalization pass can do. Plain loop at 1 thread; an OpenMP static split otherwise. */
+#define BNSYM_FLOOR(NAME, T)                                                              \
+void NAME(const T *restrict x, T *restrict y, ptrdiff_t n, T a, T b, int nthreads)       \
+{                                                                                         \
+    if (nthreads > 1) {                                                                   \
+        _Pragma("omp parallel for simd num_threads(nthreads) schedule(static)")          \
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = a * x[i] + b;                            \
+        return;                                                                           \
+    }                                                                                     \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = a * x[i] + b;                                \
+}
+
+BNSYM_FLOOR(bnsym_floor_f32, float)
+BNSYM_FLOOR(bnsym_floor_f64, double)
+"""
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("BNSYM_CACHE_DIR")
+    if env:
+        return Path(env)
+    try:  # the package's own cache location, when bnsym.build provides one
+        from bnsym import build as _build  # noqa: PLC0415
+
+        for name in ("cache_dir", "get_cache_dir"):
+            fn = getattr(_build, name, None)
+            if callable(fn):
+                return Path(fn())
+    except Exception:  # noqa: BLE001 - any failure: fall back to the XDG default
+        pass
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bnsym"
+
+
+def _floor_flags():
+    from bnsym import compiler  # noqa: PLC0415 - runtime-side module, no sympy
+
+    return compiler.compile_args(), compiler.link_args(), compiler.cpu_key()
+
+
+def load_floor():
+    """Build (once, cached by a hash of source, flags and CPU) and load the floor module."""
+    import cffi  # noqa: PLC0415
+
+    cflags, ldflags, cpu = _floor_flags()
+    key = hashlib.sha256(
+        "\0".join([FLOOR_CDEF, FLOOR_SRC, " ".join(cflags), " ".join(ldflags), cpu,
+                   sys.version, cffi.__version__]).encode()
+    ).hexdigest()[:16]
+    modname = f"_bnsym_floor_{key}"
+    folder = _cache_root() / "bench"
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    target = folder / (modname + suffix)
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        ffi = cffi.FFI()
+        ffi.cdef(FLOOR_CDEF)
+        ffi.set_source(modname, FLOOR_SRC, extra_compile_args=cflags, extra_link_args=ldflags)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+            built = ffi.compile(tmpdir=tmp, verbose=False)
+            os.replace(built, target)  # atomic: a concurrent builder writes the same bytes
+    if modname in sys.modules:
+        mod = sys.modules[modname]
+    else:
+        spec = importlib.util.spec_from_file_location(modname, target)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules[modname] = mod
+    return mod.ffi, mod.lib
+
+
+# --------------------------------------------------------------------------------------------
+# environment helpers
+
+
+def _set_malloc_steady() -> bool:
+    """glibc: no mmap for big blocks, no trimming (the baseline's ``--malloc-steady``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes  # noqa: PLC0415
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok1 = libc.mallopt(m_mmap_max, 0)
+        ok2 = libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
+        return bool(ok1 and ok2)
+    except Exception:  # noqa: BLE001 - not glibc
+        return False
+
+
+def _read_steal() -> tuple[int, int]:
+    """(steal ticks, total ticks) of the aggregated cpu line of /proc/stat, or (0, 0)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            parts = fh.readline().split()
+        vals = [int(v) for v in parts[1:]]
+        steal = vals[7] if len(vals) > 7 else 0
+        return steal, sum(vals[:8])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
+    """Median seconds per call of ``fn()``, with the protocol described in the module docstring."""
+    max_samples = max_samples or cfg.max_samples
+    perf = time.perf_counter
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = perf()
+        calls = 0
+        while calls < cfg.warm_calls or perf() - start < cfg.warm_time:
+            fn()
+            calls += 1
+        flt0 = _minflt()
+        st0 = _read_steal()
+        times = []
+        t0 = perf()
+        while True:
+            a = perf()
+            fn()
+            b = perf()
+            times.append(b - a)
+            n = len(times)
+            if n >= max_samples or (n >= cfg.min_samples and b - t0 >= cfg.min_time):
+                break
+        flt1 = _minflt()
+        st1 = _read_steal()
+    finally:
+        if was_enabled:
+            gc.enable()
+    total = st1[1] - st0[1]
+    return {
+        "median": float(np.median(times)),
+        "min": float(min(times)),
+        "samples": len(times),
+        "faults_per_call": (flt1 - flt0) / len(times),
+        "steal_frac": ((st1[0] - st0[0]) / total) if total > 0 else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# implementations
+
+
+def case_name(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def parse_case(text: str) -> tuple:
+    parts = text.lower().replace("(", "").replace(")", "").replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad case {text!r}: expected NxC or NxCxHxW") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"bad case {text!r}: expected NxC or NxCxHxW")
+    return shape
+
+
+def layouts_for(shape, wanted) -> list[str]:
+    if len(shape) == 4:
+        return [lay for lay in ("nchw", "nhwc") if lay in wanted]
+    return ["nc" if len(shape) == 2 else "contig"]
+
+
+LAYOUT_LABEL = {"nchw": "NCHW", "nhwc": "NHWC", "nc": "NC", "contig": "contig"}
+
+
+def alloc(shape, dtype, layout) -> np.ndarray:
+    """An uninitialised (N, C, ...) array; channels-last strides for ``nhwc``."""
+    if layout == "nhwc":
+        n, c, h, w = shape
+        return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return np.empty(shape, dtype=dtype)
+
+
+def _filter_kwargs(fn, kwargs: dict) -> dict:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _load_api():
+    """bnsym's runtime API module, or (None, reason)."""
+    try:
+        import bnsym  # noqa: PLC0415
+
+        api = type("API", (), {})()
+        for name in ("batch_norm", "batch_norm_forward", "batch_norm_backward", "set_num_threads"):
+            setattr(api, name, getattr(bnsym, name))
+        return api, None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"bnsym API unavailable ({type(exc).__name__}: {exc})"
+
+
+class Data:
+    """Inputs and preallocated outputs of one (shape, dtype, layout) configuration."""
+
+    def __init__(self, shape, dtype, layout, seed):
+        rng = np.random.default_rng(seed)
+        self.shape, self.dtype, self.layout = shape, np.dtype(dtype), layout
+        c = shape[1]
+        self.x = alloc(shape, dtype, layout)
+        self.x[...] = rng.standard_normal(shape) * 1.5 + 0.25
+        self.dy = alloc(shape, dtype, layout)
+        self.dy[...] = rng.standard_normal(shape)
+        self.w = (1.0 + 0.1 * rng.standard_normal(c)).astype(dtype)
+        self.b = (0.1 * rng.standard_normal(c)).astype(dtype)
+        self.rm0 = (0.1 * rng.standard_normal(c)).astype(dtype)
+        self.rv0 = (1.0 + 0.1 * rng.random(c)).astype(dtype)
+        self.numel = self.x.size
+        self.nbytes = self.x.nbytes
+
+
+def bnsym_callables(api, d: Data, backend: str):
+    """(callables per pass, check outputs) for bnsym's API with ``backend``."""
+    rm, rv = d.rm0.copy(), d.rv0.copy()
+    y = alloc(d.shape, d.dtype, d.layout)
+    dx = alloc(d.shape, d.dtype, d.layout)
+    dw = np.empty_like(d.w)
+    db = np.empty_like(d.b)
+    fwd_fn, bwd_fn = api.batch_norm_forward, api.batch_norm_backward
+    fkw = _filter_kwargs(fwd_fn, {"out": y, "backend": backend})
+    bkw_full = {"out": (dx, dw, db), "backend": backend}
+    bkw = _filter_kwargs(bwd_fn, bkw_full)
+    x, w, b, dy = d.x, d.w, d.b, d.dy
+
+    # Reference outputs from fresh running stats (for the cross-check), then the save_* for bwd.
+    res = fwd_fn(x, w, b, rm, rv, True, MOMENTUM, EPS, **fkw)
+    y_train = np.array(res[0], copy=True)
+    sm, si = np.array(res[1], copy=True), np.array(res[2], copy=True)
+    rm_after, rv_after = rm.copy(), rv.copy()
+    rm[...], rv[...] = d.rm0, d.rv0
+    res = fwd_fn(x, w, b, rm, rv, False, MOMENTUM, EPS, **fkw)
+    y_inf = np.array(res[0], copy=True)
+    mask = (True, True, True)
+    try:
+        grads = bwd_fn(dy, x, w, rm, rv, sm, si, True, EPS, mask, **bkw)
+    except (TypeError, ValueError):  # out= takes only grad_input
+        if "out" not in bkw:
+            raise
+        bkw = dict(bkw, out=dx)
+        grads = bwd_fn(dy, x, w, rm, rv, sm, si, True, EPS, mask, **bkw)
+    check = {
+        "y_train": y_train, "save_mean": sm, "save_invstd": si, "rm": rm_after, "rv": rv_after,
+        "y_infer": y_inf, "dx": np.array(grads[0], copy=True), "dw": np.array(grads[1], copy=True),
+        "db": np.array(grads[2], copy=True),
+    }
+    fns = {
+        "fwd": lambda: fwd_fn(x, w, b, rm, rv, True, MOMENTUM, EPS, **fkw),
+        "infer": lambda: fwd_fn(x, w, b, rm, rv, False, MOMENTUM, EPS, **fkw),
+        "bwd": lambda: bwd_fn(dy, x, w, rm, rv, sm, si, True, EPS, mask, **bkw),
+    }
+    return fns, check
+
+
+def torch_callables(torch, d: Data):
+    """(callables per pass, check outputs) for PyTorch's CPU kernels (aten ops, no autograd)."""
+    aten = torch.ops.aten
+    x = torch.from_numpy(d.x)  # shares memory; channels-last strides carry over
+    dy = torch.from_numpy(d.dy)
+    w, b = torch.from_numpy(d.w), torch.from_numpy(d.b)
+    rm, rv = torch.from_numpy(d.rm0.copy()), torch.from_numpy(d.rv0.copy())
+    y = torch.from_numpy(alloc(d.shape, d.dtype, d.layout))
+    c = d.shape[1]
+    sm_o = torch.empty(c, dtype=x.dtype)
+    si_o = torch.empty(c, dtype=x.dtype)
+    with torch.no_grad():
+        _, sm, si = aten.native_batch_norm(x, w, b, rm, rv, True, MOMENTUM, EPS)
+        y_train = _.numpy().copy()
+        rm_after, rv_after = rm.numpy().copy(), rv.numpy().copy()
+        rm.copy_(torch.from_numpy(d.rm0))
+        rv.copy_(torch.from_numpy(d.rv0))
+        y_inf = aten.native_batch_norm(x, w, b, rm, rv, False, MOMENTUM, EPS)[0].numpy().copy()
+        g = aten.native_batch_norm_backward(dy, x, w, rm, rv, sm, si, True, EPS, [True, True, True])
+    check = {
+        "y_train": y_train, "save_mean": sm.numpy().copy(), "save_invstd": si.numpy().copy(),
+        "rm": rm_after, "rv": rv_after, "y_infer": y_inf, "dx": g[0].numpy().copy(),
+        "dw": g[1].numpy().copy(), "db": g[2].numpy().copy(),
+    }
+    nbo = aten.native_batch_norm.out
+    nbb = aten.native_batch_norm_backward
+    mask = [True, True, True]
+    fns = {
+        "fwd": lambda: nbo(x, w, b, rm, rv, True, MOMENTUM, EPS, out=y, save_mean=sm_o, save_invstd=si_o),
+        "infer": lambda: nbo(x, w, b, rm, rv, False, MOMENTUM, EPS, out=y, save_mean=sm_o, save_invstd=si_o),
+        "bwd": lambda: nbb(dy, x, w, rm, rv, sm, si, True, EPS, mask),
+    }
+    return fns, check
+
+
+def floor_callable(floor, d: Data, threads: int):
+    ffi, lib = floor
+    y = np.empty(d.numel, dtype=d.dtype)
+    xs = np.ascontiguousarray(d.x.reshape(-1)) if not d.x.flags.c_contiguous else d.x
+    if d.dtype == np.float32:
+        px, py, fn, ctype = ffi.from_buffer("float[]", xs), ffi.from_buffer("float[]", y), lib.bnsym_floor_f32, "f32"
+    else:
+        px, py, fn, ctype = ffi.from_buffer("double[]", xs), ffi.from_buffer("double[]", y), lib.bnsym_floor_f64, "f64"
+    n = d.numel
+    keep = (xs, y, px, py)  # noqa: F841 - keep the buffers alive with the closure
+
+    def call(_keep=keep):
+        fn(px, py, n, 0.5, 0.25, threads)
+
+    return call
+
+
+_CHECK_KEYS = ("y_train", "save_mean", "save_invstd", "rm", "rv", "y_infer", "dx", "dw", "db")
+
+
+def max_rel_err(a: dict, ref: dict) -> dict:
+    out = {}
+    for k in _CHECK_KEYS:
+        x, r = np.asarray(a[k], dtype=np.float64), np.asarray(ref[k], dtype=np.float64)
+        if x.shape != r.shape:
+            out[k] = float("inf")
+            continue
+        scale = max(float(np.max(np.abs(r))) if r.size else 0.0, 1.0)
+        out[k] = float(np.max(np.abs(x - r))) / scale if r.size else 0.0
+    return out
+
+
+def check_tolerance(dtype) -> float:
+    return 1e-3 if np.dtype(dtype) == np.float32 else 1e-9
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class _Progress:
+    def __init__(self, total, enabled):
+        self.bar = None
+        try:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=total, file=sys.stderr, unit="cell", dynamic_ncols=True,
+                            disable=(None if enabled is None else not enabled), leave=False)
+        except ImportError:
+            pass
+
+    def desc(self, text):
+        if self.bar is not None:
+            self.bar.set_description(text, refresh=False)
+
+    def step(self, n=1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _import_torch(cfg: BenchConfig):
+    if not cfg.torch:
+        return None, "disabled (--no-torch)"
+    try:
+        import torch  # noqa: PLC0415
+
+        return torch, None
+    except ImportError:
+        return None, "torch not installed (pip install 'bnsym[bench]')"
+
+
+def _bnsym_probe(api):
+    """Whether the compiled C backend runs: None if it does, else the reason."""
+    if api is None:
+        return "bnsym API unavailable"
+    try:
+        x = np.ones(TINY_SHAPE, dtype=np.float32)
+        x[0] = 2.0
+        c = TINY_SHAPE[1]
+        fn = api.batch_norm_forward
+        fn(x, None, None, np.zeros(c, np.float32), np.ones(c, np.float32), True, MOMENTUM, EPS,
+           **_filter_kwargs(fn, {"backend": "c"}))
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"compiled kernels unavailable ({type(exc).__name__}: {exc})"
+
+
+def _numpy_probe(api):
+    if api is None:
+        return "bnsym API unavailable"
+    fn = api.batch_norm_forward
+    if "backend" not in _filter_kwargs(fn, {"backend": "numpy"}):
+        return "bnsym API has no backend= argument"
+    try:
+        x = np.arange(8, dtype=np.float64).reshape(TINY_SHAPE[0], -1)[:, :2].copy()
+        fn(x, None, None, None, None, True, MOMENTUM, EPS, backend="numpy")
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"numpy backend unavailable ({type(exc).__name__}: {exc})"
+
+
+def _set_threads(n, api, torch, have_bnsym):
+    if have_bnsym and api is not None:
+        api.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def run(cfg: BenchConfig, log=None) -> dict:
+    """Run the benchmark; return the report (everything that ``--json`` writes)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    steal0 = _read_steal()
+    report = {
+        "meta": _meta(cfg),
+        "notes": [],
+        "rows": [],
+        "checks": [],
+        "sweep": [],
+        "overheads": {},
+    }
+    notes = report["notes"]
+    if cfg.malloc_steady:
+        ok = _set_malloc_steady()
+        report["meta"]["malloc"] = "steady (M_MMAP_MAX=0, no trim)" if ok else "default (mallopt failed)"
+    else:
+        report["meta"]["malloc"] = "default glibc malloc"
+
+    api, api_err = _load_api()
+    bn_err = _bnsym_probe(api)
+    np_err = _numpy_probe(api) if cfg.numpy else "disabled (--no-numpy)"
+    torch, torch_err = _import_torch(cfg)
+    try:
+        floor = load_floor()
+        floor_err = None
+    except Exception as exc:  # noqa: BLE001
+        floor, floor_err = None, f"floor kernel did not build ({type(exc).__name__}: {exc})"
+    have = {"bnsym": bn_err is None, "numpy": np_err is None, "torch": torch is not None,
+            "floor": floor is not None}
+    report["meta"]["available"] = {
+        "bnsym": bn_err or "yes", "numpy": np_err or "yes", "torch": torch_err or "yes",
+        "floor": floor_err or "yes",
+    }
+    for name, err in (("bnsym", bn_err), ("numpy", np_err), ("torch", torch_err), ("floor", floor_err)):
+        if err:
+            notes.append(f"{name} column skipped: {err}")
+    if torch is not None:
+        report["meta"]["torch"] = torch.__version__
+        report["meta"]["torch_threads_default"] = torch.get_num_threads()
+
+    configs = [(shape, dt, lay) for shape in cfg.cases for dt in cfg.dtypes
+               for lay in layouts_for(shape, cfg.layouts)]
+    total = 0
+    for _ in configs:
+        for t in cfg.threads:
+            reps = cfg.repeats if t > 1 else 1
+            per = len(cfg.passes) * (have["bnsym"] + have["torch"]) + have["floor"]
+            total += per * reps
+            if t == cfg.threads[0]:
+                total += len(cfg.passes) * have["numpy"]
+    n_sweep = len(sweep_sizes(cfg)) if cfg.sweep else 0
+    total += n_sweep * (len(cfg.passes) * (have["bnsym"] + have["torch"]) + have["floor"])
+    progress = _Progress(total, cfg.progress)
+    try:
+        for i, (shape, dt, lay) in enumerate(configs):
+            progress.desc(f"{case_name(shape)} {DTYPE_SHORT[dt]} {LAYOUT_LABEL[lay]}")
+            _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed=cfg.seed + i,
+                        progress=progress)
+        if cfg.sweep:
+            _run_sweep(cfg, report, api, torch, floor, have, progress)
+    finally:
+        progress.close()
+        _set_threads(cfg.threads[0] if cfg.threads else 1, api, torch, have["bnsym"])
+    if cfg.overheads:
+        report["overheads"].update(_run_overheads(cfg, api, torch, have))
+    if cfg.compile_check and api is not None:
+        report["overheads"]["compile"] = measure_compile_time()
+    elif cfg.compile_check:
+        report["overheads"]["compile"] = {"error": "bnsym API unavailable"}
+    report["summary"] = summarize(report, cfg)
+    steal1 = _read_steal()
+    tot = steal1[1] - steal0[1]
+    report["meta"]["steal_frac_total"] = ((steal1[0] - steal0[0]) / tot) if tot > 0 else 0.0
+    report["meta"]["wall_s"] = time.perf_counter() - t_start
+    return report
+
+
+def _meta(cfg: BenchConfig) -> dict:
+    import cffi  # noqa: PLC0415
+
+    try:
+        import bnsym  # noqa: PLC0415
+
+        version = bnsym.__version__
+    except Exception:  # noqa: BLE001
+        version = "?"
+    try:
+        cflags, ldflags, cpu = _floor_flags()
+    except Exception:  # noqa: BLE001
+        cflags, ldflags, cpu = [], [], "?"
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "bnsym": version, "python": platform.python_version(), "numpy": np.__version__,
+        "cffi": cffi.__version__, "machine": platform.machine(), "cpu": model,
+        "cpus": os.cpu_count(), "cflags": cflags, "ldflags": ldflags, "cpu_key": cpu,
+        "protocol": {
+            "warm_calls": cfg.warm_calls, "warm_time_s": cfg.warm_time,
+            "min_samples": cfg.min_samples, "max_samples": cfg.max_samples,
+            "min_time_s": cfg.min_time, "repeats_multithread": cfg.repeats,
+            "statistic": "median per measurement; multi-thread cells: min of the repeat medians",
+        },
+        "config": {
+            "cases": [case_name(s) for s in cfg.cases], "dtypes": list(cfg.dtypes),
+            "layouts": list(cfg.layouts), "threads": list(cfg.threads), "passes": list(cfg.passes),
+            "quick": cfg.quick, "sweep": cfg.sweep,
+        },
+    }
+
+
+def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, progress):
+    d = Data(shape, dt, lay, seed)
+    fns = {}
+    checks = {}
+    errors = {}
+    if have["bnsym"]:
+        try:
+            fns["bnsym"], checks["bnsym"] = bnsym_callables(api, d, "c")
+        except Exception as exc:  # noqa: BLE001
+            errors["bnsym"] = f"{type(exc).__name__}: {exc}"
+    if have["numpy"]:
+        try:
+            fns["numpy"], checks["numpy"] = bnsym_callables(api, d, "numpy")
+        except Exception as exc:  # noqa: BLE001
+            errors["numpy"] = f"{type(exc).__name__}: {exc}"
+    if have["torch"]:
+        fns["torch"], checks["torch"] = torch_callables(torch, d)
+    for name, err in errors.items():
+        report["notes"].append(f"{case_name(shape)} {dt} {lay}: {name} failed: {err}")
+
+    # cross-check against torch (or NumPy when torch is absent)
+    ref_name = "torch" if "torch" in checks else ("numpy" if "numpy" in checks else None)
+    if ref_name:
+        tol = check_tolerance(dt)
+        for name in ("bnsym", "numpy"):
+            if name in checks and name != ref_name:
+                errs = max_rel_err(checks[name], checks[ref_name])
+                worst = max(errs.values())
+                report["checks"].append({
+                    "case": case_name(shape), "dtype": dt, "layout": lay, "impl": name,
+                    "reference": ref_name, "max_rel_err": errs, "worst": worst, "tol": tol,
+                    "ok": bool(worst <= tol),
+                })
+    del checks
+
+    results = {}  # (threads, pass, impl) -> list of measurement dicts
+    for t in cfg.threads:
+        _set_threads(t, api, torch, have["bnsym"])
+        floor_fn = floor_callable(floor, d, t) if floor is not None else None
+        reps = cfg.repeats if t > 1 else 1
+        for _rep in range(reps):
+            for p in cfg.passes:
+                for impl in ("bnsym", "torch"):
+                    if impl in fns:
+                        results.setdefault((t, p, impl), []).append(measure(fns[impl][p], cfg))
+                        progress.step()
+                if "numpy" in fns and t == cfg.threads[0] and _rep == 0:
+                    results.setdefault((t, p, "numpy"), []).append(measure(fns["numpy"][p], cfg))
+                    progress.step()
+            if floor_fn is not None:
+                results.setdefault((t, "floor", "floor"), []).append(measure(floor_fn, cfg))
+                progress.step()
+
+    numpy_threads = cfg.threads[0] if cfg.threads else 1
+    for t in cfg.threads:
+        for p in cfg.passes:
+            row = {
+                "case": case_name(shape), "shape": list(shape), "dtype": dt, "layout": lay,
+                "threads": t, "pass": p, "numel": d.numel, "bytes": d.nbytes,
+                "times": {}, "details": {},
+            }
+            for impl in IMPLS:
+                if impl == "floor":
+                    key = (t, "floor", "floor")
+                elif impl == "numpy":
+                    key = (numpy_threads, p, "numpy")
+                else:
+                    key = (t, p, impl)
+                ms = results.get(key)
+                if not ms:
+                    row["times"][impl] = None
+                    continue
+                row["times"][impl] = min(m["median"] for m in ms)
+                row["details"][impl] = {
+                    "medians": [m["median"] for m in ms],
+                    "samples": [m["samples"] for m in ms],
+                    "faults_per_call": [m["faults_per_call"] for m in ms],
+                    "steal_frac": [m["steal_frac"] for m in ms],
+                    "measured_threads": key[0],
+                }
+            _add_ratios(row)
+            report["rows"].append(row)
+
+
+def _ratio(a, b):
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def _add_ratios(row):
+    t = row["times"]
+    row["bnsym_over_torch"] = _ratio(t.get("bnsym"), t.get("torch"))
+    row["bnsym_over_floor"] = _ratio(t.get("bnsym"), t.get("floor"))
+    row["speedup_vs_torch"] = _ratio(t.get("torch"), t.get("bnsym"))
+    row["numpy_over_torch"] = _ratio(t.get("numpy"), t.get("torch"))
+
+
+# --------------------------------------------------------------------------------------------
+# sweep
+
+
+def sweep_sizes(cfg: BenchConfig) -> list[int]:
+    """Bytes per tensor: 4 KiB, 16 KiB, ... up to ``cfg.sweep_max_bytes`` (factor 4)."""
+    sizes, b = [], 4 << 10
+    while b <= cfg.sweep_max_bytes:
+        sizes.append(b)
+        b *= 4
+    return sizes
+
+
+def sweep_shape(nbytes: int, itemsize: int) -> tuple:
+    elems = max(nbytes // itemsize, 64)
+    hw = max(elems // 64, 1)  # (2, 32, H, W)
+    k = max(int(round(math.log2(hw))), 0)
+    h, w = 2 ** (k // 2), 2 ** (k - k // 2)
+    return (2, 32, h, w)
+
+
+def _run_sweep(cfg, report, api, torch, floor, have, progress):
+    dt = cfg.dtypes[0]
+    t = cfg.threads[0]
+    _set_threads(t, api, torch, have["bnsym"])
+    itemsize = np.dtype(dt).itemsize
+    for nbytes in sweep_sizes(cfg):
+        shape = sweep_shape(nbytes, itemsize)
+        progress.desc(f"sweep {case_name(shape)} {DTYPE_SHORT[dt]}")
+        d = Data(shape, dt, "nchw", cfg.seed + 1000)
+        fns = {}
+        if have["bnsym"]:
+            try:
+                fns["bnsym"], _ = bnsym_callables(api, d, "c")
+            except Exception as exc:  # noqa: BLE001
+                report["notes"].append(f"sweep {case_name(shape)}: bnsym failed: {exc}")
+        if have["torch"]:
+            fns["torch"], _ = torch_callables(torch, d)
+        entry = {"case": case_name(shape), "shape": list(shape), "dtype": dt, "layout": "nchw",
+                 "threads": t, "numel": d.numel, "bytes": d.nbytes, "ns_per_elem": {},
+                 "faults_per_call": {}}
+        for p in cfg.passes:
+            for impl in ("bnsym", "torch"):
+                if impl in fns:
+                    m = measure(fns[impl][p], cfg)
+                    entry["ns_per_elem"][f"{impl}_{p}"] = m["median"] / d.numel * 1e9
+                    entry["faults_per_call"][f"{impl}_{p}"] = m["faults_per_call"]
+                    progress.step()
+        if floor is not None:
+            m = measure(floor_callable(floor, d, t), cfg)
+            entry["ns_per_elem"]["floor"] = m["median"] / d.numel * 1e9
+            entry["faults_per_call"]["floor"] = m["faults_per_call"]
+            progress.step()
+        report["sweep"].append(entry)
+        del d, fns
+
+
+# --------------------------------------------------------------------------------------------
+# fixed costs: tiny call, import, compile
+
+
+def _run_overheads(cfg, api, torch, have) -> dict:
+    out = {}
+    tiny_cfg = BenchConfig(**{**cfg.__dict__, "max_samples": max(cfg.max_samples, 2000)})
+    rng = np.random.default_rng(cfg.seed)
+    n, c = TINY_SHAPE
+    x = rng.standard_normal(TINY_SHAPE).astype(np.float32)
+    w = np.ones(c, np.float32)
+    b = np.zeros(c, np.float32)
+    if have["bnsym"]:
+        api.set_num_threads(1)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+        bn = api.batch_norm
+        out["tiny_bnsym_s"] = measure(lambda: bn(x, rm, rv, w, b, True, MOMENTUM, EPS), tiny_cfg)["median"]
+    if torch is not None:
+        torch.set_num_threads(1)
+        F = torch.nn.functional
+        xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        rmt, rvt = torch.zeros(c), torch.ones(c)
+        with torch.no_grad():
+            out["tiny_torch_s"] = measure(
+                lambda: F.batch_norm(xt, rmt, rvt, wt, bt, True, MOMENTUM, EPS), tiny_cfg)["median"]
+    if have["bnsym"]:
+        out["import"] = measure_import_time(runs=2 if cfg.quick else 5)
+    return out
+
+
+_IMPORT_CODE = r"""
+import json, time
+t0 = time.perf_counter()
+import bnsym
+t1 = time.perf_counter()
+import numpy as np
+x = np.arange(32, dtype=np.float32).reshape(4, 8)
+bnsym.batch_norm(x, np.zeros(8, np.float32), np.ones(8, np.float32), None, None, True)
+t2 = time.perf_counter()
+import sys
+print(json.dumps({"import_s": t1 - t0, "ready_s": t2 - t0,
+                  "sympy": "sympy" in sys.modules, "jinja2": "jinja2" in sys.modules}))
+"""
+
+
+def _subprocess_json(code, env=None, timeout=600.0):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        raise RuntimeError(f"subprocess failed ({proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_import_time(runs: int = 5) -> dict:
+    """``import bnsym`` and import-to-first-result in fresh interpreters (cached module).
+
+    The first run warms the OS file cache and the compiled-module cache and is discarded.
+    """
+    try:
+        _subprocess_json(_IMPORT_CODE)
+        res = [_subprocess_json(_IMPORT_CODE) for _ in range(max(runs, 1))]
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)}
+    return {
+        "import_s": float(np.median([r["import_s"] for r in res])),
+        "ready_s": float(np.median([r["ready_s"] for r in res])),
+        "runs": len(res),
+        "sympy_loaded": any(r["sympy"] for r in res),
+        "jinja2_loaded": any(r["jinja2"] for r in res),
+    }
+
+
+def measure_compile_time() -> dict:
+    """First use with an empty ``BNSYM_CACHE_DIR``, in a fresh interpreter."""
+    with tempfile.TemporaryDirectory(prefix="bnsym-bench-cache-") as tmp:
+        env = dict(os.environ, BNSYM_CACHE_DIR=tmp)
+        t0 = time.perf_counter()
+        try:
+            r = _subprocess_json(_IMPORT_CODE, env=env)
+        except Exception as exc:  # noqa: BLE001
+            return {"error": str(exc)}
+        wall = time.perf_counter() - t0
+        files = [p.name for p in Path(tmp).rglob("*") if p.is_file()]
+    return {"first_use_s": r["ready_s"], "wall_s": wall, "cache_files": len(files)}
+
+
+# --------------------------------------------------------------------------------------------
+# summary, targets, printing
+
+
+def geomean(values) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    if not vals:
+        return None
+    return float(math.exp(sum(math.log(v) for v in vals) / len(vals)))
+
+
+def summarize(report: dict, cfg: BenchConfig) -> dict:
+    rows = report["rows"]
+    geo = {}
+    for p in PASSES:
+        sp = [r["speedup_vs_torch"] for r in rows if r["pass"] == p]
+        entry = {"all": geomean(sp), "n": sum(1 for v in sp if v)}
+        for t in cfg.threads:
+            entry[f"{t}t"] = geomean(r["speedup_vs_torch"] for r in rows if r["pass"] == p and r["threads"] == t)
+        geo[p] = entry
+    targets = []
+
+    def add(name, desc, value, limit, ok, detail=""):
+        targets.append({"name": name, "target": desc, "value": value, "limit": limit,
+                        "status": ("n/a" if ok is None else ("PASS" if ok else "MISS")), "detail": detail})
+
+    ratios = [(r["bnsym_over_torch"], r) for r in rows if r["bnsym_over_torch"] is not None]
+    if ratios:
+        worst, wr = max(ratios, key=lambda t: t[0])
+        slower = sum(1 for v, _ in ratios if v > 1.0)
+        add("never_slower", "bnsym never slower than torch (max bnsym/torch <= 1)", worst, 1.0,
+            worst <= 1.0, f"worst {_row_label(wr)}; {slower} of {len(ratios)} cells slower")
+    else:
+        add("never_slower", "bnsym never slower than torch (max bnsym/torch <= 1)", None, 1.0, None,
+            "needs bnsym and torch")
+    for p, key in (("fwd", "fwd_geomean"), ("bwd", "bwd_geomean")):
+        g = geo[p]["all"]
+        add(key, f"geomean speed-up over torch, {PASS_LABEL[p]} >= {TARGETS[key]}x", g, TARGETS[key],
+            None if g is None else g >= TARGETS[key], f"{geo[p]['n']} cells")
+    t1 = min(cfg.threads) if cfg.threads else 1
+    for p, key in (("fwd", "floor_fwd"), ("bwd", "floor_bwd"), ("infer", "floor_infer")):
+        vals = [(r["bnsym_over_floor"], r) for r in rows
+                if r["pass"] == p and r["threads"] == 1 and r["bnsym_over_floor"] is not None]
+        if vals and t1 == 1:
+            worst, wr = max(vals, key=lambda t: t[0])
+            add(key, f"1 thread: bnsym/floor {PASS_LABEL[p]} <= {TARGETS[key]}", worst, TARGETS[key],
+                worst <= TARGETS[key], f"worst {_row_label(wr)}")
+        else:
+            add(key, f"1 thread: bnsym/floor {PASS_LABEL[p]} <= {TARGETS[key]}", None, TARGETS[key], None,
+                "needs bnsym and the floor at 1 thread")
+    oh = report.get("overheads", {})
+    tb, tt = oh.get("tiny_bnsym_s"), oh.get("tiny_torch_s")
+    r = _ratio(tb, tt)
+    add("tiny", f"tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} batch_norm(training) <= {TARGETS['tiny']}x torch F.batch_norm",
+        r, TARGETS["tiny"], None if r is None else r <= TARGETS["tiny"],
+        "" if r is None else f"bnsym {tb * 1e6:.2f} us, torch {tt * 1e6:.2f} us")
+    imp = oh.get("import", {})
+    v = imp.get("ready_s")
+    add("import", f"import bnsym + first call (cached module) < {TARGETS['import_s'] * 1e3:.0f} ms",
+        v, TARGETS["import_s"], None if v is None else v < TARGETS["import_s"],
+        imp.get("error", "") if v is None else
+        f"bare 'import bnsym' {imp['import_s'] * 1e3:.1f} ms; sympy loaded: {imp['sympy_loaded']}")
+    comp = oh.get("compile", {})
+    v = comp.get("first_use_s")
+    add("compile", f"first-use compile (empty cache) < {TARGETS['compile_s']:.0f} s", v, TARGETS["compile_s"],
+        None if v is None else v < TARGETS["compile_s"],
+        comp.get("error", "not measured") if v is None else f"subprocess wall {comp['wall_s']:.1f} s")
+    return {"geomean_speedup_vs_torch": geo, "targets": targets}
+
+
+def _row_label(r) -> str:
+    return (f"{r['case']} {DTYPE_SHORT[r['dtype']]} {LAYOUT_LABEL[r['layout']]} {r['threads']}t "
+            f"{PASS_LABEL[r['pass']]}")
+
+
+def fmt_us(seconds) -> str:
+    if seconds is None:
+        return "-"
+    us = seconds * 1e6
+    if us < 10:
+        return f"{us:.2f}"
+    if us < 100:
+        return f"{us:.1f}"
+    return f"{us:.0f}"
+
+
+def fmt_ratio(r) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    meta = report["meta"]
+    lines.append(f"bnsym bench  {meta['date']}  bnsym {meta['bnsym']}, numpy {meta['numpy']}, "
+                 f"torch {meta.get('torch', 'absent')}, python {meta['python']}")
+    lines.append(f"cpu: {meta['cpu']} ({meta['cpus']} cpus); floor/bnsym flags: {' '.join(meta['cflags'])}")
+    pr = meta["protocol"]
+    lines.append(f"median of >= {pr['min_samples']} samples and >= {pr['min_time_s']} s (<= {pr['max_samples']}), "
+                 f"warm-up >= {pr['warm_calls']} calls and {pr['warm_time_s'] * 1e3:.0f} ms, GC off; "
+                 f"multi-thread cells: min of {pr['repeats_multithread']} medians; malloc: {meta.get('malloc')}")
+    lines.append("torch: aten.native_batch_norm.out (fwd, infer; preallocated output), "
+                 "aten.native_batch_norm_backward functional (bwd); numpy: single-threaded, measured at 1 thread")
+    for n in report["notes"]:
+        lines.append(f"note: {n}")
+    lines.append("")
+    hdr = ("case", "dtype", "layout", "thr", "pass", "bnsym us", "numpy us", "torch us", "floor us",
+           "bnsym/torch", "bnsym/floor")
+    table = [hdr]
+    bad = {(c["case"], c["dtype"], c["layout"]) for c in report["checks"] if not c["ok"] and c["impl"] == "bnsym"}
+    for r in report["rows"]:
+        t = r["times"]
+        flag = " !" if (r["case"], r["dtype"], r["layout"]) in bad else ""
+        table.append((r["case"], DTYPE_SHORT[r["dtype"]], LAYOUT_LABEL[r["layout"]], f"{r['threads']}",
+                      PASS_LABEL[r["pass"]], fmt_us(t.get("bnsym")) + flag, fmt_us(t.get("numpy")),
+                      fmt_us(t.get("torch")), fmt_us(t.get("floor")), fmt_ratio(r["bnsym_over_torch"]),
+                      fmt_ratio(r["bnsym_over_floor"])))
+    lines.extend(_align(table, left=5))
+    if bad:
+        lines.append("! bnsym output differs from the reference beyond tolerance (see 'checks' in the JSON)")
+    summ = report.get("summary", {})
+    geo = summ.get("geomean_speedup_vs_torch", {})
+    if geo:
+        lines.append("")
+        lines.append("geometric mean of the speed-up over torch (torch time / bnsym time):")
+        for p in PASSES:
+            g = geo.get(p)
+            if not g or g.get("n", 0) == 0:
+                continue
+            per_t = ", ".join(f"{k}: {fmt_ratio(v)}x" for k, v in g.items() if k.endswith("t"))
+            lines.append(f"  {PASS_LABEL[p]:<9} {fmt_ratio(g['all'])}x over {g['n']} cells ({per_t})")
+    if report.get("sweep"):
+        lines.append("")
+        lines.extend(format_sweep(report["sweep"]))
+    oh = report.get("overheads", {})
+    if oh:
+        lines.append("")
+        lines.append("fixed costs:")
+        if "tiny_bnsym_s" in oh or "tiny_torch_s" in oh:
+            lines.append(f"  tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} f32 training call, 1 thread: "
+                         f"bnsym.batch_norm {fmt_us(oh.get('tiny_bnsym_s'))} us, "
+                         f"torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
+        imp = oh.get("import")
+        if imp and "error" not in imp:
+            lines.append(f"  fresh interpreter: import bnsym {imp['import_s'] * 1e3:.1f} ms, import + first call "
+                         f"{imp['ready_s'] * 1e3:.1f} ms (median of {imp['runs']}, cached module)")
+        comp = oh.get("compile")
+        if comp and "error" not in comp:
+            lines.append(f"  first use with an empty cache: {comp['first_use_s']:.1f} s "
+                         f"(subprocess wall {comp['wall_s']:.1f} s)")
+    targets = summ.get("targets", [])
+    if targets:
+        lines.append("")
+        lines.append("targets:")
+        for t in targets:
+            v = t["value"]
+            if v is None:
+                vs = "-"
+            elif t["name"] in ("import",):
+                vs = f"{v * 1e3:.1f} ms"
+            elif t["name"] == "compile":
+                vs = f"{v:.1f} s"
+            else:
+                vs = f"{v:.2f}"
+            detail = f"  ({t['detail']})" if t["detail"] else ""
+            lines.append(f"  {t['status']:<4}  {t['target']}: {vs}{detail}")
+        if report["meta"]["config"]["quick"] or report["meta"]["config"]["cases"] != [case_name(c) for c in DEFAULT_CASES]:
+            lines.append("  (subset of the cases: the targets are checked on the cells measured here)")
+    lines.append("")
+    lines.append(f"wall time {report['meta'].get('wall_s', 0):.0f} s; host steal during the run "
+                 f"{report['meta'].get('steal_frac_total', 0) * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def format_sweep(sweep) -> list[str]:
+    keys = []
+    for e in sweep:
+        for k in e["ns_per_elem"]:
+            if k not in keys:
+                keys.append(k)
+    order = [f"{i}_{p}" for p in PASSES for i in ("bnsym", "torch")] + ["floor"]
+    keys = [k for k in order if k in keys]
+    e0 = sweep[0]
+    out = [f"sweep: ns per element, {e0['dtype']}, NCHW (2, 32, H, W), {e0['threads']} thread(s)"]
+    hdr = ["bytes", "shape"] + [k.replace("_fwd", " fwd-train").replace("_", " ") for k in keys]
+    table = [tuple(hdr)]
+    for e in sweep:
+        table.append(tuple([_fmt_bytes(e["bytes"]), e["case"]] +
+                           [f"{e['ns_per_elem'][k]:.3f}" if k in e["ns_per_elem"] else "-" for k in keys]))
+    out.extend(_align(table, left=2))
+    return out
+
+
+def _fmt_bytes(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _align(table, left=0) -> list[str]:
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    out = []
+    for j, row in enumerate(table):
+        cells = [str(c).ljust(widths[i]) if i < left else str(c).rjust(widths[i]) for i, c in enumerate(row)]
+        out.append("  ".join(cells).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plot
+
+
+def plot_report(report: dict, path: str) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib (pip install 'bnsym[bench]')") from None
+    rows = report["rows"]
+    passes = [p for p in PASSES if any(r["pass"] == p for r in rows)]
+    nplots = len(passes) + (1 if report.get("sweep") else 0)
+    if nplots == 0:
+        raise RuntimeError("nothing to plot")
+    labels_all = []
+    for r in rows:
+        lab = f"{r['case']} {DTYPE_SHORT[r['dtype']]} {LAYOUT_LABEL[r['layout']]} {r['threads']}t"
+        if lab not in labels_all:
+            labels_all.append(lab)
+    width_in = max(10.0, 0.42 * len(labels_all) + 2)
+    fig, axes = plt.subplots(nplots, 1, figsize=(width_in, 4.2 * nplots), squeeze=False)
+    colors = {"bnsym": "tab:blue", "numpy": "tab:orange", "torch": "tab:red", "floor": "tab:gray"}
+    for ax, p in zip(axes[:, 0], passes):
+        prow = [r for r in rows if r["pass"] == p]
+        labels = [f"{r['case']} {DTYPE_SHORT[r['dtype']]} {LAYOUT_LABEL[r['layout']]} {r['threads']}t" for r in prow]
+        xs = np.arange(len(prow))
+        bw = 0.2
+        for k, impl in enumerate(IMPLS):
+            vals = [(r["times"].get(impl) or np.nan) * 1e6 for r in prow]
+            if all(np.isnan(vals)):
+                continue
+            ax.bar(xs + (k - 1.5) * bw, vals, bw, label=impl, color=colors[impl])
+        ax.set_yscale("log")
+        ax.set_ylabel("median time per call (us)")
+        ax.set_title(f"{PASS_LABEL[p]}: bnsym, numpy, torch, floor (lower is better)")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    if report.get("sweep"):
+        ax = axes[-1, 0]
+        sw = report["sweep"]
+        xb = [e["bytes"] for e in sw]
+        styles = {"bnsym": "-", "torch": "--"}
+        pcol = {"fwd": "tab:blue", "infer": "tab:green", "bwd": "tab:purple"}
+        keys = sorted({k for e in sw for k in e["ns_per_elem"]})
+        for k in keys:
+            ys = [e["ns_per_elem"].get(k, np.nan) for e in sw]
+            if k == "floor":
+                ax.plot(xb, ys, ":", color="black", marker="o", label="floor")
+            else:
+                impl, p = k.split("_", 1)
+                ax.plot(xb, ys, styles.get(impl, "-"), color=pcol.get(p, "gray"), marker=".",
+                        label=f"{impl} {PASS_LABEL.get(p, p)}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("bytes per tensor")
+        ax.set_ylabel("ns per element")
+        ax.set_title(f"sweep: {sw[0]['dtype']}, NCHW (2, 32, H, W), {sw[0]['threads']} thread(s)")
+        ax.grid(which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _csv(choices=None, conv=str):
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            vals = [conv(t) for t in items]
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if not vals or (choices and any(v not in choices for v in vals)):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list" + (f" of {', '.join(map(str, choices))}" if choices else "")
+                + f", got {text!r}")
+        return vals
+
+    return parse
+
+
+def _positive_threads(text):
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    return n
+
+
+def _case_list(text):
+    # "256x1024,8x256x28x28": split on commas between shapes
+    return [parse_case(t) for t in text.split(",") if t.strip()]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"bnsym bench: error: {message} (see 'bnsym bench --help')\n")
+
+
+def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Benchmark bnsym against NumPy, PyTorch's CPU kernels and a copy floor.",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Default: all cases, both dtypes and layouts, 1 and 2 threads, all passes, plus the "
+                       "size sweep (about 5-8 minutes on 2 vCPUs).")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a short run: cases {', '.join(case_name(c) for c in QUICK_CASES)}, few samples, "
+                        "one median per cell, no sweep, no compile-time check")
+    p.add_argument("--cases", type=_case_list, metavar="SHAPES",
+                   help="comma-separated shapes NxC or NxCxHxW (default: the standard set)")
+    p.add_argument("--dtypes", type=_csv(DTYPES), default=list(DTYPES), metavar="LIST",
+                   help="float32,float64 (default: both)")
+    p.add_argument("--layouts", type=_csv(("nchw", "nhwc")), default=["nchw", "nhwc"], metavar="LIST",
+                   help="layouts of the 4-D cases: nchw,nhwc (default: both)")
+    p.add_argument("--threads", type=_csv(None, _positive_threads), default=[1, 2], metavar="LIST",
+                   help="thread counts (default: 1,2)")
+    p.add_argument("--passes", type=_csv(PASSES), default=list(PASSES), metavar="LIST",
+                   help="fwd,infer,bwd (default: all)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy-backend column")
+    sw = p.add_mutually_exclusive_group()
+    sw.add_argument("--sweep", dest="sweep", action="store_true", default=None,
+                    help="run the size sweep (default on, off with --quick)")
+    sw.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the size sweep")
+    p.add_argument("--sweep-max", type=float, default=256.0, metavar="MIB",
+                   help="largest tensor of the sweep in MiB (default 256)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="medians per multi-thread cell, the minimum is kept (default 3, 1 with --quick)")
+    p.add_argument("--min-time", type=float, default=None, help="seconds of sampling per cell (default 0.3)")
+    p.add_argument("--min-samples", type=int, default=None, help="samples per cell (default 25)")
+    p.add_argument("--no-compile-check", dest="compile_check", action="store_false", default=None,
+                   help="skip the first-use compile time (a subprocess with an empty cache)")
+    p.add_argument("--compile-check", dest="compile_check", action="store_true",
+                   help="measure the first-use compile time even with --quick")
+    p.add_argument("--no-overheads", action="store_true", help="skip the tiny-call and import-time measurements")
+    p.add_argument("--malloc", choices=["steady", "default"], default="steady",
+                   help="steady: no mmap/trim in glibc malloc, so fresh outputs > 32 MiB do not page-fault "
+                        "(default); default: leave glibc as it is")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show the progress bar (default: only on a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any target is missed")
+    return p
+
+
+def config_from_args(ns) -> BenchConfig:
+    quick = ns.quick
+    cases = tuple(tuple(c) for c in ns.cases) if ns.cases else (QUICK_CASES if quick else DEFAULT_CASES)
+    cfg = BenchConfig(
+        cases=cases, dtypes=tuple(ns.dtypes), layouts=tuple(ns.layouts), threads=tuple(dict.fromkeys(ns.threads)),
+        passes=tuple(p for p in PASSES if p in ns.passes), torch=not ns.no_torch, numpy=not ns.no_numpy,
+        quick=quick, seed=ns.seed, progress=ns.progress, malloc_steady=(ns.malloc == "steady"),
+        sweep=(not quick) if ns.sweep is None else ns.sweep,
+        sweep_max_bytes=int(ns.sweep_max * (1 << 20)),
+        compile_check=(not quick) if ns.compile_check is None else ns.compile_check,
+        overheads=not ns.no_overheads,
+    )
+    if quick:
+        cfg.repeats, cfg.min_samples, cfg.min_time, cfg.warm_calls, cfg.warm_time = 1, 5, 0.01, 1, 0.0
+        cfg.max_samples = 100
+        if ns.sweep is None or ns.sweep_max == 256.0:
+            cfg.sweep_max_bytes = min(cfg.sweep_max_bytes, 1 << 20)
+    if ns.repeats is not None:
+        cfg.repeats = max(1, ns.repeats)
+    if ns.min_time is not None:
+        cfg.min_time = ns.min_time
+    if ns.min_samples is not None:
+        cfg.min_samples = max(1, ns.min_samples)
+    return cfg
+
+
+def main(argv=None, prog="bnsym bench") -> int:
+    ns = build_parser(prog).parse_args(argv)
+    if ns.plot:
+        try:
+            import matplotlib  # noqa: F401, PLC0415
+        except ImportError:
+            print("bnsym bench: error: --plot needs matplotlib (pip install 'bnsym[bench]')", file=sys.stderr)
+            return 2
+    cfg = config_from_args(ns)
+    report = run(cfg)
+    sys.stdout.write(format_report(report) + "\n")
+    sys.stdout.flush()
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(report, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    if ns.plot:
+        plot_report(report, ns.plot)
+    if ns.strict and any(t["status"] == "MISS" for t in report["summary"]["targets"]):
+        return 1
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def cli_bench(args) -> int:
+    """Entry point of ``bnsym bench``: ``args.bench_args`` holds the remaining argv strings."""
+    argv = list(getattr(args, "bench_args", None) or [])
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    return main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(prog="python -m bnsym.bench"))

@@ -1,0 +1,262 @@
+"""Tests of ``bnsym bench`` in ``--quick`` mode on tiny cases.
+
+They check the shape of the report (rows, columns, JSON, targets) and that every ratio is computed
+from the measured numbers. They never assert anything about speed: speed is measured by the
+benchmark, not asserted by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnsym import bench
+
+TINY_ARGS = ["--quick", "--cases", "16x8,2x4x3x3", "--no-progress", "--min-samples", "3",
+             "--min-time", "0"]
+# 16x8 has one layout, 2x4x3x3 two: 3 configurations x 2 dtypes x 2 threads x 3 passes
+N_ROWS = 3 * 2 * 2 * 3
+
+
+def _have_torch():
+    try:
+        import torch  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+class _FakeAPI:
+    """A NumPy stand-in for bnsym's API, so the bnsym column is exercised whatever the kernels' state."""
+
+    @staticmethod
+    def _bc(v, x):
+        return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def batch_norm_forward(self, input, weight, bias, running_mean, running_var, training, momentum, eps,
+                           *, out=None, backend="c"):
+        x = input
+        axes = (0,) + tuple(range(2, x.ndim))
+        m = x.size // x.shape[1]
+        if training:
+            mean, var = x.mean(axes), x.var(axes)
+            if running_mean is not None:
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+        else:
+            mean, var = running_mean, running_var
+        invstd = 1 / np.sqrt(var + eps)
+        w = weight if weight is not None else np.ones(x.shape[1], x.dtype)
+        b = bias if bias is not None else np.zeros(x.shape[1], x.dtype)
+        y = (x - self._bc(mean, x)) * self._bc(invstd * w, x) + self._bc(b, x)
+        if out is not None:
+            out[...] = y
+            y = out
+        return y, mean.astype(x.dtype), invstd.astype(x.dtype)
+
+    def batch_norm_backward(self, grad_output, input, weight, running_mean, running_var, save_mean,
+                            save_invstd, training, eps, output_mask=(True, True, True), *, out=None,
+                            backend="c"):
+        x, dy = input, grad_output
+        axes = (0,) + tuple(range(2, x.ndim))
+        m = x.size // x.shape[1]
+        xhat = (x - self._bc(save_mean, x)) * self._bc(save_invstd, x)
+        sdy, sdyx = dy.sum(axes), (dy * xhat).sum(axes)
+        w = weight if weight is not None else np.ones(x.shape[1], x.dtype)
+        dx = self._bc(w * save_invstd / m, x) * (m * dy - self._bc(sdy, x) - xhat * self._bc(sdyx, x))
+        return dx, sdyx, sdy
+
+    def batch_norm(self, input, running_mean, running_var, weight=None, bias=None, training=False,
+                   momentum=0.1, eps=1e-5, *, out=None, backend="c"):
+        return self.batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
+                                       eps, out=out, backend=backend)[0]
+
+    def set_num_threads(self, n):
+        self.threads = n
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    api = _FakeAPI()
+    monkeypatch.setattr(bench, "_load_api", lambda: (api, None))
+    monkeypatch.setattr(bench, "measure_import_time", lambda runs=5: {"error": "not measured in tests"})
+    return api
+
+
+def _run(tmp_path, capsys, extra=()):
+    path = tmp_path / "bench.json"
+    rc = bench.main(TINY_ARGS + ["--json", str(path)] + list(extra))
+    out = capsys.readouterr().out
+    assert rc == 0
+    return json.loads(path.read_text()), out
+
+
+def _check_ratios(rows):
+    for r in rows:
+        t = r["times"]
+        for impl, det in r["details"].items():
+            # the reported time is the minimum of the medians measured for that cell
+            assert t[impl] == pytest.approx(min(det["medians"]))
+        for key, num, den in (("bnsym_over_torch", "bnsym", "torch"), ("bnsym_over_floor", "bnsym", "floor"),
+                              ("speedup_vs_torch", "torch", "bnsym")):
+            if t.get(num) is None or t.get(den) is None:
+                assert r[key] is None
+            else:
+                assert r[key] == pytest.approx(t[num] / t[den])
+
+
+def test_quick_rows_json_and_ratios(tmp_path, capsys, fake_api):
+    report, out = _run(tmp_path, capsys)
+    rows = report["rows"]
+    assert len(rows) == N_ROWS
+    keys = {(r["case"], r["dtype"], r["layout"], r["threads"], r["pass"]) for r in rows}
+    assert len(keys) == N_ROWS
+    assert {r["layout"] for r in rows if r["case"] == "2x4x3x3"} == {"nchw", "nhwc"}
+    assert {r["layout"] for r in rows if r["case"] == "16x8"} == {"nc"}
+    for r in rows:
+        assert r["times"]["bnsym"] > 0 and r["times"]["floor"] > 0 and r["times"]["numpy"] > 0
+        assert r["numel"] == math.prod(r["shape"])
+        if r["threads"] == 2:  # numpy is single-threaded: measured once, at 1 thread
+            assert r["details"]["numpy"]["measured_threads"] == 1
+    _check_ratios(rows)
+    if _have_torch():
+        assert all(r["times"]["torch"] > 0 for r in rows)
+        # geometric means are those of the per-row speed-ups
+        geo = report["summary"]["geomean_speedup_vs_torch"]
+        for p in bench.PASSES:
+            sp = [r["speedup_vs_torch"] for r in rows if r["pass"] == p]
+            want = math.exp(sum(math.log(v) for v in sp) / len(sp))
+            assert geo[p]["all"] == pytest.approx(want)
+            assert geo[p]["n"] == len(sp)
+        # the fake API computes what torch computes: the cross-check agrees
+        assert report["checks"] and all(c["ok"] for c in report["checks"])
+    # the printed table: a header, one line per row, geomeans, targets
+    assert "bnsym/torch" in out and "bnsym/floor" in out
+    table_lines = [ln for ln in out.splitlines() if ln.startswith(("16x8 ", "2x4x3x3 "))]
+    assert len(table_lines) == N_ROWS
+    assert "targets:" in out
+    names = [t["name"] for t in report["summary"]["targets"]]
+    assert names == ["never_slower", "fwd_geomean", "bwd_geomean", "floor_fwd", "floor_bwd", "floor_infer",
+                     "tiny", "import", "compile"]
+    for t in report["summary"]["targets"]:
+        assert t["status"] in ("PASS", "MISS", "n/a")
+        assert f"{t['status']:<4}  {t['target']}" in out
+    # floor targets are the worst 1-thread bnsym/floor ratio per pass
+    for name, p in (("floor_fwd", "fwd"), ("floor_bwd", "bwd"), ("floor_infer", "infer")):
+        t = next(t for t in report["summary"]["targets"] if t["name"] == name)
+        worst = max(r["bnsym_over_floor"] for r in rows if r["pass"] == p and r["threads"] == 1)
+        assert t["value"] == pytest.approx(worst)
+        assert t["status"] == ("PASS" if worst <= t["limit"] else "MISS")
+    # the tiny-call target compares the two measured tiny calls
+    oh = report["overheads"]
+    assert oh["tiny_bnsym_s"] > 0
+    if _have_torch():
+        t = next(t for t in report["summary"]["targets"] if t["name"] == "tiny")
+        assert t["value"] == pytest.approx(oh["tiny_bnsym_s"] / oh["tiny_torch_s"])
+
+
+def test_no_torch_and_subset(tmp_path, capsys, fake_api):
+    report, out = _run(tmp_path, capsys, ["--no-torch", "--dtypes", "float64", "--threads", "1",
+                                          "--passes", "fwd,bwd", "--no-overheads"])
+    rows = report["rows"]
+    assert len(rows) == 3 * 1 * 1 * 2
+    assert all(r["times"]["torch"] is None and r["bnsym_over_torch"] is None for r in rows)
+    assert all(r["dtype"] == "float64" and r["pass"] in ("fwd", "bwd") for r in rows)
+    assert "torch column skipped" in out
+    _check_ratios(rows)
+    never = next(t for t in report["summary"]["targets"] if t["name"] == "never_slower")
+    assert never["status"] == "n/a"
+
+
+def test_sweep_quick(tmp_path, capsys, fake_api):
+    report, out = _run(tmp_path, capsys, ["--sweep", "--sweep-max", "0.02", "--threads", "1",
+                                          "--dtypes", "float32", "--cases", "16x8", "--no-overheads"])
+    sweep = report["sweep"]
+    assert [e["bytes"] for e in sweep] == [4096, 16384]
+    for e in sweep:
+        assert e["numel"] * 4 == e["bytes"]
+        assert e["ns_per_elem"]["floor"] > 0
+        assert e["ns_per_elem"]["bnsym_fwd"] > 0
+    assert "sweep: ns per element" in out
+
+
+def test_real_api_quick(tmp_path, capsys):
+    """Whatever state bnsym's kernels are in, the benchmark runs and says what it skipped."""
+    report, out = _run(tmp_path, capsys, ["--dtypes", "float32", "--threads", "1", "--no-overheads"])
+    assert len(report["rows"]) == 3 * 1 * 1 * 3
+    _check_ratios(report["rows"])
+    for impl, status in report["meta"]["available"].items():
+        if status != "yes":
+            assert f"{impl} column skipped" in out
+
+
+def test_plot(tmp_path, capsys, fake_api):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    _run(tmp_path, capsys, ["--threads", "1", "--dtypes", "float32", "--no-overheads", "--plot", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rc = bench.main(TINY_ARGS + ["--plot", str(tmp_path / "x.png")])
+    assert rc == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--cases", "abc"], ["--dtypes", "float16"], ["--threads", "0"],
+                                  ["--passes", "fwd,nope"]])
+def test_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert "bnsym bench: error" in capsys.readouterr().err
+
+
+def test_parse_case_and_layouts():
+    assert bench.parse_case("32x64x56x56") == (32, 64, 56, 56)
+    assert bench.parse_case("(4, 8)") == (4, 8)
+    assert bench.layouts_for((4, 8), ("nchw", "nhwc")) == ["nc"]
+    assert bench.layouts_for((2, 3, 4, 5), ("nhwc",)) == ["nhwc"]
+    x = bench.alloc((2, 3, 4, 5), np.float32, "nhwc")
+    assert x.shape == (2, 3, 4, 5) and x.strides == (4 * 60, 4, 4 * 15, 4 * 3)
+
+
+def test_geomean():
+    assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
+    assert bench.geomean([None, 3.0]) == pytest.approx(3.0)
+    assert bench.geomean([]) is None
+
+
+def test_floor_kernel():
+    ffi, lib = bench.load_floor()
+    for dt, fn, ct in ((np.float32, lib.bnsym_floor_f32, "float[]"), (np.float64, lib.bnsym_floor_f64, "double[]")):
+        x = np.arange(1000, dtype=dt)
+        for threads in (1, 2):
+            y = np.zeros_like(x)
+            fn(ffi.from_buffer(ct, x), ffi.from_buffer(ct, y), x.size, 0.5, 0.25, threads)
+            np.testing.assert_allclose(y, 0.5 * x + 0.25)
+
+
+def test_import_is_light():
+    code = ("import sys, bnsym.bench; "
+            "print(','.join(m for m in ('sympy', 'jinja2', 'torch', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_cli_dispatch_and_module_help():
+    from bnsym import cli
+
+    # 'bnsym bench -- ARGS' reaches cli_bench (the '--' is dropped)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--", "--help"])
+    assert exc.value.code == 0
+    proc = subprocess.run([sys.executable, "-m", "bnsym.bench", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--quick" in proc.stdout
