@@ -1,0 +1,580 @@
+"""Functional API: NumPy arrays in and out, PyTorch semantics, compiled kernels underneath.
+
+Runtime path: imports neither sympy nor jinja2.
+
+Functions
+---------
+``batch_norm``          ``torch.nn.functional.batch_norm``.
+``batch_norm_forward``  ``aten.native_batch_norm``: ``(output, save_mean, save_invstd)``.
+``batch_norm_backward`` ``aten.native_batch_norm_backward``: ``(grad_input, grad_weight, grad_bias)``.
+``set_num_threads`` / ``get_num_threads``.
+
+Conventions
+-----------
+* dtypes: float32 and float64 (native byte order). Every array of a call has the input's dtype;
+  results have it too. Statistics are accumulated in double inside the kernels.
+* Layouts: a C-contiguous ``(N, C, *spatial)`` input uses the ``ncs`` kernels; a channels-last
+  input (memory order ``N, *spatial, C``, e.g. ``x_nhwc.transpose(0, 3, 1, 2)``) uses the ``nsc``
+  kernels; any other strides are first copied to a C-contiguous array. Outputs have the layout
+  the kernel writes: channels-last in, channels-last out; otherwise C-contiguous.
+* ``momentum``: ``new = (1 - momentum) * old + momentum * batch`` (PyTorch). ``momentum=None``
+  (the cumulative average of ``nn.BatchNorm*d(momentum=None)``) needs the batch count, which a
+  function does not have: it is accepted only where momentum is not used (evaluation, or no
+  running statistics); :class:`bnsym.BatchNorm` implements it (factor ``1/num_batches_tracked``).
+* ``eps`` must be a finite number > 0.
+* ``out=`` arrays let a training loop allocate nothing per step. They must have the exact shape
+  and dtype, be writeable, have the layout the kernel writes, and must not overlap any other
+  operand, except that the forward ``out`` may be exactly the input (in-place normalization).
+* ``skip_nonfinite=True`` (training): when a channel's batch mean or variance is not finite,
+  the running statistics are left untouched for the whole batch and a
+  :class:`NonFiniteBatchWarning` is issued (the output is still computed and holds the
+  non-finite values).
+* Empty input (``N == 0`` or a spatial size 0) behaves as PyTorch's ``batch_norm``: the output
+  is empty, running statistics are untouched; the backward gives an empty ``grad_input`` and
+  zero ``grad_weight`` / ``grad_bias``. ``batch_norm_forward`` returns NaN ``save_mean`` /
+  ``save_invstd`` in training mode (aten leaves them uninitialized).
+* Bad arguments raise ``TypeError`` / ``ValueError`` before any kernel runs: a call that raises
+  changes nothing.
+* Threads: ``set_num_threads(n)``; the default is ``$BNSYM_NUM_THREADS`` if set, else the number
+  of CPUs this process may run on, capped at 8 (normalization is memory-bound: more threads than
+  that rarely help). The kernels decide themselves when an input is too small to split.
+* ``backend="numpy"``: the float64 NumPy reference (:mod:`bnsym.reference`), same semantics and
+  checks, results cast to the input dtype. No compiler needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+
+from bnsym import _checks
+from bnsym import reference as _ref
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "set_num_threads",
+    "get_num_threads",
+    "NonFiniteBatchWarning",
+]
+
+
+class NonFiniteBatchWarning(RuntimeWarning):
+    """A training batch had non-finite statistics; running statistics were left untouched."""
+
+
+_F32 = _checks.F32
+_F64 = _checks.F64
+_ndarray = np.ndarray
+_INF = math.inf
+_EMPTY = {}
+for _dt in (_F32, _F64):
+    _e = np.empty((0,), _dt)
+    _e.flags.writeable = False
+    _EMPTY[_dt] = _e
+del _dt, _e
+
+_MAX_DEFAULT_THREADS = 8
+
+
+def _default_threads() -> int:
+    env = os.environ.get("BNSYM_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+        warnings.warn(f"bnsym: ignoring BNSYM_NUM_THREADS={env!r} (expected an integer >= 1)",
+                      RuntimeWarning, stacklevel=3)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_DEFAULT_THREADS))
+
+
+_num_threads = _default_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the kernels (an int >= 1). Process-wide."""
+    global _num_threads
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int >= 1, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    """Threads used by the kernels (see :func:`set_num_threads`)."""
+    return _num_threads
+
+
+# --------------------------------------------------------------------------- kernels
+
+_K = None  # {(dtype, layout): (forward_train, forward_eval, backward_train, backward_eval, ctype)}
+_fb = None  # ffi.from_buffer
+_NULL = None
+_PERMS: dict[int, tuple] = {}
+
+
+def _init():
+    global _K, _fb, _NULL
+    from bnsym import build
+
+    ffi, lib = build.load()
+    table = {}
+    for dt, sfx, ctype in ((_F32, "f32", "float[]"), (_F64, "f64", "double[]")):
+        for layout in ("ncs", "nsc"):
+            table[dt, layout] = tuple(
+                getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
+                for k in ("forward_train", "forward_eval", "backward_train", "backward_eval")
+            ) + (ctype,)
+    _fb, _NULL = ffi.from_buffer, ffi.NULL
+    _K = table
+    return table
+
+
+def _perm(nd: int) -> tuple:
+    p = _PERMS.get(nd)
+    if p is None:
+        p = _PERMS[nd] = (0,) + tuple(range(2, nd)) + (1,)
+    return p
+
+
+def _layout(x: np.ndarray):
+    """(array to use, layout, perm): ncs when C-contiguous, nsc when channels-last, else a copy."""
+    if x.flags.c_contiguous:
+        return x, "ncs", None
+    nd = x.ndim
+    if nd > 2:
+        p = _perm(nd)
+        if x.transpose(p).flags.c_contiguous:
+            return x, "nsc", p
+    return np.ascontiguousarray(x), "ncs", None
+
+
+def _input(x):
+    """Fast validation of the input; returns (x, dtype)."""
+    if type(x) is _ndarray and x.ndim >= 2:
+        dt = x.dtype
+        if dt is _F32 or dt is _F64:
+            return x, dt
+    x = _checks.input_array(x)
+    return x, (_F32 if x.dtype == _F32 else _F64)
+
+
+def _chan(a, name, dt, C, inplace=False):
+    if a is None:
+        return None
+    if (type(a) is _ndarray and a.dtype is dt and a.shape == (C,) and a.flags.c_contiguous
+            and (not inplace or a.flags.writeable)):
+        return a
+    return _checks.channel_array(a, name, dt, C, inplace=inplace)
+
+
+def _overlap(pairs_w, pairs_all, alias=None):
+    """Pointer-interval overlap test on prepared cdata (all arrays are dense)."""
+    for wname, w in pairs_w:
+        w1 = w + len(w)
+        for oname, o in pairs_all:
+            if oname == wname:
+                continue
+            if w < o + len(o) and o < w1:
+                if alias is not None and {wname, oname} == alias and w == o and len(w) == len(o):
+                    continue
+                extra = ""
+                if alias is not None and {wname, oname} == alias:
+                    extra = (f" ({wname} may be exactly {oname} for an in-place call, "
+                             f"but not a shifted or reshaped view of it)")
+                raise ValueError(f"{wname} overlaps {oname} in memory{extra}")
+
+
+def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    return np.empty_like(x) if layout == "nsc" else np.empty(x.shape, x.dtype)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
+             save_mean, save_invstd, want_save, skip_nonfinite, backend):
+    """Shared forward. Returns (y, save_mean, save_invstd, skipped)."""
+    x, dt = _input(x)
+    shape = x.shape
+    C = shape[1]
+    if training is not True and training is not False:
+        training = _checks.flag(training, "training")
+    if skip_nonfinite is not False and skip_nonfinite is not True:
+        skip_nonfinite = _checks.flag(skip_nonfinite, "skip_nonfinite")
+    w = _chan(weight, "weight", dt, C)
+    b = _chan(bias, "bias", dt, C)
+    rm = _chan(running_mean, "running_mean", dt, C, inplace=training)
+    rv = _chan(running_var, "running_var", dt, C, inplace=training)
+    if type(eps) is not float or not (0.0 < eps < _INF):
+        eps = _checks.eps(eps)
+    if type(momentum) is not float or not (0.0 <= momentum <= 1.0):
+        momentum = _checks.momentum(momentum, used=training and (rm is not None or rv is not None))
+        if momentum is None:
+            momentum = 0.0
+    if backend != "c":
+        backend = _checks.backend(backend)
+    x0 = x
+    x, layout, perm = _layout(x)
+    if training:
+        if _count(shape) == 1:
+            _checks.training_batch(shape)
+    elif rm is None or rv is None:
+        raise ValueError(
+            "running_mean and running_var must be given in evaluation mode (training=False)"
+        )
+    if out is not None:
+        out = _checks.out_array(out, "out", shape, dt, layout, perm)
+    if training and want_save:
+        if save_mean is not None:
+            save_mean = _checks.out_array(save_mean, "save_mean", (C,), dt, "ncs")
+        if save_invstd is not None:
+            save_invstd = _checks.out_array(save_invstd, "save_invstd", (C,), dt, "ncs")
+    else:
+        save_mean = save_invstd = None
+
+    if backend == "numpy" or x.size == 0:
+        return _forward_numpy(x0, x, layout, w, b, rm, rv, training, momentum, eps, out,
+                              save_mean, save_invstd, want_save, skip_nonfinite)
+
+    K = _K or _init()
+    kern = K[dt, layout]
+    fb, NULL, ct = _fb, _NULL, kern[4]
+    xk = x.transpose(perm) if perm is not None else x  # the C-contiguous view the kernel reads
+    px = fb(ct, xk)
+    pw = NULL if w is None else fb(ct, w)
+    pb = NULL if b is None else fb(ct, b)
+    prm = NULL if rm is None else fb(ct, rm)
+    prv = NULL if rv is None else fb(ct, rv)
+    if out is None:
+        yk = np.empty(xk.shape, dt)
+        out = yk if perm is None else yk.transpose(_inv_perm(len(shape)))
+        py = fb(ct, yk)
+        user_out = False
+    else:
+        py = fb(ct, out if perm is None else out.transpose(perm))
+        user_out = True
+        if x is not x0:  # the kernel reads a copy: check out against the caller's array too
+            _checks.no_overlap([("out", out)], [("input", x0)])
+    N = shape[0]
+    S = x.size // (N * C)
+    if training:
+        written = [("running_mean", prm), ("running_var", prv)] if user_out else None
+        if want_save:
+            if save_mean is None:
+                save_mean = np.empty(C, dt)
+                psm = fb(ct, save_mean)
+            else:
+                psm = fb(ct, save_mean)
+                written = (written or []) + [("save_mean", psm)]
+            if save_invstd is None:
+                save_invstd = np.empty(C, dt)
+                psi = fb(ct, save_invstd)
+            else:
+                psi = fb(ct, save_invstd)
+                written = (written or []) + [("save_invstd", psi)]
+        else:
+            psm = psi = NULL
+        if written is None:
+            # Only the running statistics are written besides fresh arrays: they must not
+            # overlap each other (the input and parameters are checked when out= is given).
+            if prm is not NULL and prv is not NULL and prm < prv + C and prv < prm + C:
+                raise ValueError("running_mean overlaps running_var in memory")
+        else:
+            ops = [("input", px), ("weight", pw), ("bias", pb), ("running_mean", prm),
+                   ("running_var", prv), ("save_mean", psm), ("save_invstd", psi), ("out", py)]
+            ops = [(n, p) for n, p in ops if p is not NULL]
+            written = [(n, p) for n, p in written if p is not NULL]
+            if user_out:
+                written.append(("out", py))
+            _overlap(written, ops, alias={"out", "input"})
+        rc = kern[0](N, C, S, px, py, pw, pb, prm, prv, psm, psi, eps, momentum,
+                     1 if skip_nonfinite else 0, _num_threads)
+        if rc:
+            if rc == 1:
+                warnings.warn(
+                    "bnsym: non-finite batch statistics; running statistics left untouched",
+                    NonFiniteBatchWarning, stacklevel=3)
+                return out, save_mean, save_invstd, True
+            if rc < 0:
+                raise MemoryError("bnsym: out of memory in forward_train")
+            raise RuntimeError(f"bnsym: forward_train failed (code {rc})")
+        return out, save_mean, save_invstd, False
+    if user_out:
+        ops = [("input", px), ("weight", pw), ("bias", pb), ("running_mean", prm),
+               ("running_var", prv)]
+        _overlap([("out", py)], [(n, p) for n, p in ops if p is not NULL], alias={"out", "input"})
+    rc = kern[1](N, C, S, px, py, pw, pb, prm, prv, eps, _num_threads)
+    if rc:
+        if rc < 0:
+            raise MemoryError("bnsym: out of memory in forward_eval")
+        raise RuntimeError(f"bnsym: forward_eval failed (code {rc})")
+    e = _EMPTY[dt]
+    return out, e, e, False
+
+
+def _count(shape) -> int:
+    m = shape[0]
+    for s in shape[2:]:
+        m *= s
+    return m
+
+
+_INV: dict[int, tuple] = {}
+
+
+def _inv_perm(nd: int) -> tuple:
+    p = _INV.get(nd)
+    if p is None:
+        p = _INV[nd] = (0, nd - 1) + tuple(range(1, nd - 1))
+    return p
+
+
+def _forward_numpy(x0, x, layout, w, b, rm, rv, training, momentum, eps, out, save_mean,
+                   save_invstd, want_save, skip_nonfinite):
+    """NumPy backend (also the empty-input path of the C backend)."""
+    dt = x.dtype
+    C = x.shape[1]
+    written = [("out", out), ("save_mean", save_mean), ("save_invstd", save_invstd)]
+    if training:
+        written += [("running_mean", rm), ("running_var", rv)]
+    operands = [("input", x0), ("weight", w), ("bias", b), ("running_mean", rm),
+                ("running_var", rv), ("out", out), ("save_mean", save_mean),
+                ("save_invstd", save_invstd)]
+    _checks.no_overlap(written, operands, allow_alias={("out", "input")})
+    if out is None:
+        out = _empty_like_layout(x, layout)
+    skipped = False
+    if x.size == 0:
+        # PyTorch: empty output, running statistics untouched.
+        if training and want_save:
+            save_mean = _fill(save_mean, C, dt, np.nan)
+            save_invstd = _fill(save_invstd, C, dt, np.nan)
+        elif not training:
+            save_mean = save_invstd = _EMPTY[dt]
+        return out, save_mean, save_invstd, False
+    if training:
+        y, mean, var, invstd = _ref.forward_train(x, w, b, eps)
+        if rm is not None or rv is not None:
+            finite = bool(np.isfinite(mean).all() and np.isfinite(var).all())
+            if skip_nonfinite and not finite:
+                skipped = True
+            else:
+                new_mean, new_var = _ref.update_running(rm, rv, mean, var, _count(x.shape), momentum)
+                if rm is not None:
+                    rm[...] = new_mean
+                if rv is not None:
+                    rv[...] = new_var
+        elif skip_nonfinite:
+            skipped = not bool(np.isfinite(mean).all() and np.isfinite(var).all())
+        if want_save:
+            save_mean = _fill(save_mean, C, dt, mean)
+            save_invstd = _fill(save_invstd, C, dt, invstd)
+        if skipped:
+            warnings.warn("bnsym: non-finite batch statistics; running statistics left untouched",
+                          NonFiniteBatchWarning, stacklevel=4)
+    else:
+        y = _ref.forward_eval(x, w, b, rm, rv, eps)
+        save_mean = save_invstd = _EMPTY[dt]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out[...] = y
+    return out, save_mean, save_invstd, skipped
+
+
+def _fill(dst, C, dt, value):
+    if dst is None:
+        dst = np.empty(C, dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dst[...] = value
+    return dst
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, out=None, skip_nonfinite=False, backend="c"):
+    """``torch.nn.functional.batch_norm`` for NumPy arrays; returns the normalized array.
+
+    In training mode the batch statistics normalize the input and the running statistics (when
+    given, as contiguous writeable arrays of shape (C,)) are updated in place; in evaluation mode
+    the running statistics normalize the input and are required. See the module docstring for
+    layouts, ``out=``, ``skip_nonfinite`` and ``backend``.
+    """
+    return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                    out, None, None, False, skip_nonfinite, backend)[0]
+
+
+def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                       *, out=None, save_mean=None, save_invstd=None, skip_nonfinite=False,
+                       backend="c"):
+    """``aten.native_batch_norm``: ``(output, save_mean, save_invstd)``.
+
+    Training: ``save_mean`` is the batch mean and ``save_invstd`` ``1/sqrt(var + eps)`` of the
+    biased batch variance, both of shape (C,) in the input's dtype (``save_mean=`` /
+    ``save_invstd=`` may supply the arrays). Evaluation: both are empty arrays of shape (0,), as
+    aten's CPU kernel returns (read-only, shared).
+    """
+    y, sm, si, _ = _forward(input, weight, bias, running_mean, running_var, training, momentum,
+                            eps, out, save_mean, save_invstd, True, skip_nonfinite, backend)
+    return y, sm, si
+
+
+# --------------------------------------------------------------------------- backward
+
+_ALL = (True, True, True)
+
+
+def batch_norm_backward(grad_output, input, weight, running_mean, running_var, save_mean,
+                        save_invstd, training, eps, output_mask=_ALL, *, out=None, backend="c"):
+    """``aten.native_batch_norm_backward``: ``(grad_input, grad_weight, grad_bias)``.
+
+    Training: the gradient through the batch statistics, from ``save_mean`` / ``save_invstd``
+    of the forward (required; the running statistics are ignored). Evaluation: the statistics
+    are constants, ``running_mean`` / ``running_var`` (required) and ``eps`` give them.
+    ``weight=None`` means 1. ``output_mask`` selects the gradients to compute; a masked-off
+    gradient is returned as None. ``out``: None or a tuple of 3 arrays-or-None receiving the
+    gradients (``grad_input`` in the layout the kernel writes: that of ``input``). No output may
+    overlap any operand. ``grad_output`` is copied to the input's layout when they differ.
+    """
+    x, dt = _input(input)
+    shape = x.shape
+    C = shape[1]
+    if training is not True and training is not False:
+        training = _checks.flag(training, "training")
+    dy = grad_output
+    if not (type(dy) is _ndarray and dy.dtype is dt and dy.shape == shape):
+        dy = _checks.like_input(dy, "grad_output", x)
+    w = _chan(weight, "weight", dt, C)
+    if training:
+        if save_mean is None or save_invstd is None:
+            raise ValueError("save_mean and save_invstd (from the training forward) are required "
+                             "when training=True")
+        sa = _chan(save_mean, "save_mean", dt, C)
+        sb = _chan(save_invstd, "save_invstd", dt, C)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var must be given in evaluation mode "
+                             "(training=False)")
+        sa = _chan(running_mean, "running_mean", dt, C)
+        sb = _chan(running_var, "running_var", dt, C)
+    if type(eps) is not float or not (0.0 < eps < _INF):
+        eps = _checks.eps(eps)
+    if output_mask is not _ALL:
+        output_mask = _checks.output_mask(output_mask)
+    m0, m1, m2 = output_mask
+    if backend != "c":
+        backend = _checks.backend(backend)
+    x0, dy0 = x, dy
+    x, layout, perm = _layout(x)
+    gi = gw = gb = None
+    if out is not None:
+        if not (isinstance(out, (tuple, list)) and len(out) == 3):
+            raise TypeError("out must be a tuple of 3 arrays or None (grad_input, grad_weight, grad_bias)")
+        gi, gw, gb = out
+        for i, (o, m, name) in enumerate(((gi, m0, "grad_input"), (gw, m1, "grad_weight"),
+                                          (gb, m2, "grad_bias"))):
+            if o is not None and not m:
+                raise ValueError(f"out[{i}] ({name}) is given but output_mask[{i}] is False")
+        if gi is not None:
+            gi = _checks.out_array(gi, "out[0] (grad_input)", shape, dt, layout, perm)
+        if gw is not None:
+            gw = _checks.out_array(gw, "out[1] (grad_weight)", (C,), dt, "ncs")
+        if gb is not None:
+            gb = _checks.out_array(gb, "out[2] (grad_bias)", (C,), dt, "ncs")
+        sa_name, sb_name = (("save_mean", "save_invstd") if training
+                            else ("running_mean", "running_var"))
+        _checks.no_overlap(
+            [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
+            [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),
+             ("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
+        )
+    # grad_output in the kernel's layout.
+    if layout == "nsc":
+        if not dy.transpose(perm).flags.c_contiguous:
+            dy = np.empty_like(x)
+            np.copyto(dy, dy0)
+    elif not dy.flags.c_contiguous:
+        dy = np.ascontiguousarray(dy)
+
+    if backend == "numpy" or x.size == 0:
+        return _backward_numpy(dy, x, layout, w, sa, sb, training, eps, m0, m1, m2, gi, gw, gb)
+
+    K = _K or _init()
+    kern = K[dt, layout]
+    fb, NULL, ct = _fb, _NULL, kern[4]
+    if layout == "nsc":
+        px = fb(ct, x.transpose(perm))
+        pdy = fb(ct, dy.transpose(perm))
+        if m0:
+            if gi is None:
+                gi = np.empty_like(x)
+            pgi = fb(ct, gi.transpose(perm))
+        else:
+            pgi = NULL
+    else:
+        px = fb(ct, x)
+        pdy = fb(ct, dy)
+        if m0:
+            if gi is None:
+                gi = np.empty(shape, dt)
+            pgi = fb(ct, gi)
+        else:
+            pgi = NULL
+    if m1:
+        if gw is None:
+            gw = np.empty(C, dt)
+        pgw = fb(ct, gw)
+    else:
+        pgw = NULL
+    if m2:
+        if gb is None:
+            gb = np.empty(C, dt)
+        pgb = fb(ct, gb)
+    else:
+        pgb = NULL
+    pw = NULL if w is None else fb(ct, w)
+    N = shape[0]
+    S = x.size // (N * C)
+    if training:
+        rc = kern[2](N, C, S, pdy, px, pw, fb(ct, sa), fb(ct, sb), pgi, pgw, pgb, _num_threads)
+    else:
+        rc = kern[3](N, C, S, pdy, px, pw, fb(ct, sa), fb(ct, sb), pgi, pgw, pgb, eps,
+                     _num_threads)
+    if rc:
+        if rc < 0:
+            raise MemoryError("bnsym: out of memory in batch_norm_backward")
+        raise RuntimeError(f"bnsym: batch_norm_backward failed (code {rc})")
+    return gi, gw, gb
+
+
+def _backward_numpy(dy, x, layout, w, sa, sb, training, eps, m0, m1, m2, gi, gw, gb):
+    dt = x.dtype
+    C = x.shape[1]
+    if x.size == 0:
+        # PyTorch: empty grad_input, zero grad_weight / grad_bias.
+        dx = np.zeros(x.shape)
+        dgw = dgb = np.zeros(C)
+    elif training:
+        dx, dgw, dgb = _ref.backward_train(dy, x, w, sa, sb)
+    else:
+        dx, dgw, dgb = _ref.backward_eval(dy, x, w, sa, sb, eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if m0:
+            if gi is None:
+                gi = _empty_like_layout(x, layout)
+            gi[...] = dx
+        if m1:
+            gw = _fill(gw, C, dt, dgw)
+        if m2:
+            gb = _fill(gb, C, dt, dgb)
+    return (gi if m0 else None), (gw if m1 else None), (gb if m2 else None)
