@@ -161,6 +161,15 @@ def _layout(x: np.ndarray):
     return np.ascontiguousarray(x), "ncs", None
 
 
+def _layout_tag(x: np.ndarray) -> str:
+    """The layout of the kernel's output for input ``x``: "ncs" or "nsc" (no copy made)."""
+    if x.flags.c_contiguous:
+        return "ncs"
+    if x.ndim > 2 and x.transpose(_perm(x.ndim)).flags.c_contiguous:
+        return "nsc"
+    return "ncs"
+
+
 def _input(x):
     """Fast validation of the input; returns (x, dtype)."""
     if type(x) is _ndarray and x.ndim >= 2:
@@ -180,23 +189,6 @@ def _chan(a, name, dt, C, inplace=False):
     return _checks.channel_array(a, name, dt, C, inplace=inplace)
 
 
-def _overlap(pairs_w, pairs_all, alias=None):
-    """Pointer-interval overlap test on prepared cdata (all arrays are dense)."""
-    for wname, w in pairs_w:
-        w1 = w + len(w)
-        for oname, o in pairs_all:
-            if oname == wname:
-                continue
-            if w < o + len(o) and o < w1:
-                if alias is not None and {wname, oname} == alias and w == o and len(w) == len(o):
-                    continue
-                extra = ""
-                if alias is not None and {wname, oname} == alias:
-                    extra = (f" ({wname} may be exactly {oname} for an in-place call, "
-                             f"but not a shifted or reshaped view of it)")
-                raise ValueError(f"{wname} overlaps {oname} in memory{extra}")
-
-
 def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return np.empty_like(x) if layout == "nsc" else np.empty(x.shape, x.dtype)
 
@@ -207,17 +199,36 @@ def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
              save_mean, save_invstd, want_save, skip_nonfinite, backend):
     """Shared forward. Returns (y, save_mean, save_invstd, skipped)."""
-    x, dt = _input(x)
+    # ---- validation (inline fast tests; _checks explains failures) ----
+    if type(x) is _ndarray and x.ndim >= 2 and (x.dtype is _F32 or x.dtype is _F64):
+        dt = x.dtype
+    else:
+        x = _checks.input_array(x)
+        dt = _F32 if x.dtype == _F32 else _F64
     shape = x.shape
     C = shape[1]
+    cs = (C,)
     if training is not True and training is not False:
         training = _checks.flag(training, "training")
     if skip_nonfinite is not False and skip_nonfinite is not True:
         skip_nonfinite = _checks.flag(skip_nonfinite, "skip_nonfinite")
-    w = _chan(weight, "weight", dt, C)
-    b = _chan(bias, "bias", dt, C)
-    rm = _chan(running_mean, "running_mean", dt, C, inplace=training)
-    rv = _chan(running_var, "running_var", dt, C, inplace=training)
+    w, b, rm, rv = weight, bias, running_mean, running_var
+    if w is not None and not (type(w) is _ndarray and w.dtype is dt and w.shape == cs
+                              and w.flags.c_contiguous):
+        w = _checks.channel_array(w, "weight", dt, C)
+    if b is not None and not (type(b) is _ndarray and b.dtype is dt and b.shape == cs
+                              and b.flags.c_contiguous):
+        b = _checks.channel_array(b, "bias", dt, C)
+    if rm is not None:
+        f = rm.flags if type(rm) is _ndarray else None
+        if not (f is not None and rm.dtype is dt and rm.shape == cs and f.c_contiguous
+                and (f.writeable or not training)):
+            rm = _checks.channel_array(rm, "running_mean", dt, C, inplace=training)
+    if rv is not None:
+        f = rv.flags if type(rv) is _ndarray else None
+        if not (f is not None and rv.dtype is dt and rv.shape == cs and f.c_contiguous
+                and (f.writeable or not training)):
+            rv = _checks.channel_array(rv, "running_var", dt, C, inplace=training)
     if type(eps) is not float or not (0.0 < eps < _INF):
         eps = _checks.eps(eps)
     if type(momentum) is not float or not (0.0 <= momentum <= 1.0):
@@ -226,33 +237,42 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             momentum = 0.0
     if backend != "c":
         backend = _checks.backend(backend)
-    x0 = x
-    x, layout, perm = _layout(x)
+    size = x.size
+    NC = shape[0] * C
+    S = size // NC if NC else 0
     if training:
-        if _count(shape) == 1:
+        if shape[0] * S == 1:
             _checks.training_batch(shape)
     elif rm is None or rv is None:
         raise ValueError(
             "running_mean and running_var must be given in evaluation mode (training=False)"
         )
+    x0 = x
+    if x.flags.c_contiguous:
+        perm = None
+        layout = "ncs"
+    else:
+        x, layout, perm = _layout(x)
     if out is not None:
-        out = _checks.out_array(out, "out", shape, dt, layout, perm)
+        if not (type(out) is _ndarray and out.dtype is dt and out.shape == shape
+                and out.flags.writeable and perm is None and out.flags.c_contiguous):
+            out = _checks.out_array(out, "out", shape, dt, layout, perm)
     if training and want_save:
         if save_mean is not None:
-            save_mean = _checks.out_array(save_mean, "save_mean", (C,), dt, "ncs")
+            save_mean = _checks.out_array(save_mean, "save_mean", cs, dt, "ncs")
         if save_invstd is not None:
-            save_invstd = _checks.out_array(save_invstd, "save_invstd", (C,), dt, "ncs")
+            save_invstd = _checks.out_array(save_invstd, "save_invstd", cs, dt, "ncs")
     else:
         save_mean = save_invstd = None
 
-    if backend == "numpy" or x.size == 0:
+    if backend == "numpy" or size == 0:
         return _forward_numpy(x0, x, layout, w, b, rm, rv, training, momentum, eps, out,
                               save_mean, save_invstd, want_save, skip_nonfinite)
 
-    K = _K or _init()
-    kern = K[dt, layout]
+    # ---- pointers (everything below is valid: from_buffer cannot fail) ----
+    kern = (_K or _init())[dt, layout]
     fb, NULL, ct = _fb, _NULL, kern[4]
-    xk = x.transpose(perm) if perm is not None else x  # the C-contiguous view the kernel reads
+    xk = x if perm is None else x.transpose(perm)  # the C-contiguous view the kernel reads
     px = fb(ct, xk)
     pw = NULL if w is None else fb(ct, w)
     pb = NULL if b is None else fb(ct, b)
@@ -262,60 +282,46 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         yk = np.empty(xk.shape, dt)
         out = yk if perm is None else yk.transpose(_inv_perm(len(shape)))
         py = fb(ct, yk)
-        user_out = False
     else:
         py = fb(ct, out if perm is None else out.transpose(perm))
-        user_out = True
         if x is not x0:  # the kernel reads a copy: check out against the caller's array too
             _checks.no_overlap([("out", out)], [("input", x0)])
+        _overlap("out", py, (("input", px), ("weight", pw), ("bias", pb),
+                             ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
     N = shape[0]
-    S = x.size // (N * C)
     if training:
-        written = [("running_mean", prm), ("running_var", prv)] if user_out else None
+        if prm is not NULL and prv is not NULL and prm < prv + C and prv < prm + C:
+            raise ValueError("running_mean overlaps running_var in memory")
         if want_save:
+            user_sm, user_si = save_mean is not None, save_invstd is not None
             if save_mean is None:
                 save_mean = np.empty(C, dt)
                 psm = fb(ct, save_mean)
             else:
                 psm = fb(ct, save_mean)
-                written = (written or []) + [("save_mean", psm)]
             if save_invstd is None:
                 save_invstd = np.empty(C, dt)
                 psi = fb(ct, save_invstd)
             else:
                 psi = fb(ct, save_invstd)
-                written = (written or []) + [("save_invstd", psi)]
+            ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
+                   ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
+                   ("save_invstd", psi))
+            if user_sm:
+                _overlap("save_mean", psm, ops, NULL)
+            if user_si:
+                _overlap("save_invstd", psi, ops, NULL)
         else:
             psm = psi = NULL
-        if written is None:
-            # Only the running statistics are written besides fresh arrays: they must not
-            # overlap each other (the input and parameters are checked when out= is given).
-            if prm is not NULL and prv is not NULL and prm < prv + C and prv < prm + C:
-                raise ValueError("running_mean overlaps running_var in memory")
-        else:
-            ops = [("input", px), ("weight", pw), ("bias", pb), ("running_mean", prm),
-                   ("running_var", prv), ("save_mean", psm), ("save_invstd", psi), ("out", py)]
-            ops = [(n, p) for n, p in ops if p is not NULL]
-            written = [(n, p) for n, p in written if p is not NULL]
-            if user_out:
-                written.append(("out", py))
-            _overlap(written, ops, alias={"out", "input"})
         rc = kern[0](N, C, S, px, py, pw, pb, prm, prv, psm, psi, eps, momentum,
                      1 if skip_nonfinite else 0, _num_threads)
         if rc:
             if rc == 1:
-                warnings.warn(
-                    "bnsym: non-finite batch statistics; running statistics left untouched",
-                    NonFiniteBatchWarning, stacklevel=3)
                 return out, save_mean, save_invstd, True
             if rc < 0:
                 raise MemoryError("bnsym: out of memory in forward_train")
             raise RuntimeError(f"bnsym: forward_train failed (code {rc})")
         return out, save_mean, save_invstd, False
-    if user_out:
-        ops = [("input", px), ("weight", pw), ("bias", pb), ("running_mean", prm),
-               ("running_var", prv)]
-        _overlap([("out", py)], [(n, p) for n, p in ops if p is not NULL], alias={"out", "input"})
     rc = kern[1](N, C, S, px, py, pw, pb, prm, prv, eps, _num_threads)
     if rc:
         if rc < 0:
@@ -323,6 +329,25 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         raise RuntimeError(f"bnsym: forward_eval failed (code {rc})")
     e = _EMPTY[dt]
     return out, e, e, False
+
+
+def _overlap(wname, w, operands, NULL, alias=None):
+    """Raise ValueError when written pointer ``w`` overlaps an operand (all arrays are dense).
+
+    ``alias``: the operand ``w`` may be exactly (same start, same length) for in-place calls.
+    """
+    w1 = w + len(w)
+    for oname, o in operands:
+        if o is NULL or oname == wname:
+            continue
+        if w < o + len(o) and o < w1:
+            if oname == alias:
+                if w == o and len(w) == len(o):
+                    continue
+                raise ValueError(f"{wname} overlaps {oname} in memory ({wname} may be exactly "
+                                 f"{oname} for an in-place call, but not a shifted or "
+                                 f"reshaped view of it)")
+            raise ValueError(f"{wname} overlaps {oname} in memory")
 
 
 def _count(shape) -> int:
@@ -382,9 +407,6 @@ def _forward_numpy(x0, x, layout, w, b, rm, rv, training, momentum, eps, out, sa
         if want_save:
             save_mean = _fill(save_mean, C, dt, mean)
             save_invstd = _fill(save_invstd, C, dt, invstd)
-        if skipped:
-            warnings.warn("bnsym: non-finite batch statistics; running statistics left untouched",
-                          NonFiniteBatchWarning, stacklevel=4)
     else:
         y = _ref.forward_eval(x, w, b, rm, rv, eps)
         save_mean = save_invstd = _EMPTY[dt]
@@ -410,8 +432,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     the running statistics normalize the input and are required. See the module docstring for
     layouts, ``out=``, ``skip_nonfinite`` and ``backend``.
     """
-    return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
-                    out, None, None, False, skip_nonfinite, backend)[0]
+    y, _, _, skipped = _forward(input, weight, bias, running_mean, running_var, training,
+                                momentum, eps, out, None, None, False, skip_nonfinite, backend)
+    if skipped:
+        _warn_skipped()
+    return y
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
@@ -424,9 +449,18 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     ``save_invstd=`` may supply the arrays). Evaluation: both are empty arrays of shape (0,), as
     aten's CPU kernel returns (read-only, shared).
     """
-    y, sm, si, _ = _forward(input, weight, bias, running_mean, running_var, training, momentum,
-                            eps, out, save_mean, save_invstd, True, skip_nonfinite, backend)
+    y, sm, si, skipped = _forward(input, weight, bias, running_mean, running_var, training,
+                                  momentum, eps, out, save_mean, save_invstd, True,
+                                  skip_nonfinite, backend)
+    if skipped:
+        _warn_skipped()
     return y, sm, si
+
+
+def _warn_skipped(stacklevel: int = 3) -> None:
+    warnings.warn(
+        "bnsym: non-finite batch statistics (NaN or inf in the batch mean or variance); "
+        "running statistics left untouched", NonFiniteBatchWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------- backward
