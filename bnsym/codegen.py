@@ -1,0 +1,589 @@
+"""Generate the C kernels from the kernel plans and the Jinja2 templates.
+
+The generator is generic over :class:`bnsym.plan.KernelPlan`: it turns a plan's loads,
+reductions, per-channel definitions and stores into plain data (C identifiers and C expressions
+printed by :mod:`bnsym.printer` after :func:`sympy.cse`) and hands that to the templates, which
+hold only loop structure and memory access. The same plan yields float32 and float64 kernels for
+the ``ncs`` (contiguous ``(N, C, *spatial)``) and ``nsc`` (channels-last) layouts.
+
+Public entry points: :func:`render`, :func:`write`, :func:`check` and :func:`cli_generate`
+(``bnsym generate``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy
+
+from . import _paths
+from .plan import Array, Assign, CenteredMoments, KernelPlan, Store, Sum
+from .printer import cse_statements, make_printer
+
+__all__ = ["render", "write", "check", "cli_generate", "KERNELS", "DTYPES", "LAYOUTS"]
+
+KERNELS = ("forward_train", "forward_eval", "backward_train", "backward_eval")
+DTYPES = {"float32": ("float", "f32"), "float64": ("double", "f64")}
+LAYOUTS = ("ncs", "nsc")
+
+#: Identifiers used by the templates (and C/libm names) that plan symbols must not take.
+_RESERVED = {
+    # ABI and template locals
+    "N", "C", "S", "R", "L", "LC", "U", "a", "p", "q", "c", "g", "i", "j", "j0", "n", "r", "w",
+    "b", "k", "u", "t", "nt", "nthr", "tid", "off", "len", "base", "stride", "seg_len", "nseg",
+    "bn", "acc", "lane", "lanes", "part", "parts", "ws", "status", "nonfinite", "skip_nonfinite",
+    "num_threads", "m_count", "red", "rin", "coef", "guard",
+    # C keywords and libm names a symbol could shadow
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "gamma", "lgamma", "tgamma", "j1", "jn",
+    "y0", "y1", "yn", "exp", "log", "sqrt", "pow", "fabs", "abs", "max", "min", "erf", "index",
+}
+_TEMP_RE = re.compile(r"^(ct|et|ra|rb|rs|st)\d+$")
+
+
+# --------------------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------------------
+
+
+def load_plans() -> dict[str, KernelPlan]:
+    """The four kernel plans from the derivation (``bnsym.derivation.build_plans``)."""
+    from .derivation import build_plans
+
+    plans = build_plans()
+    missing = [k for k in KERNELS if k not in plans]
+    if missing:
+        raise RuntimeError(f"bnsym: derivation gave no plan for {', '.join(missing)}")
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
+# Plan -> template data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Names:
+    """C identifiers for the plan's symbols (renamed when they collide with a reserved name)."""
+
+    taken: set[str]
+
+    def __post_init__(self):
+        self.map: dict[sympy.Symbol, str] = {}
+
+    def __call__(self, sym: sympy.Symbol) -> str:
+        name = self.map.get(sym)
+        if name is None:
+            base = sym.name
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", base):
+                base = re.sub(r"\W", "_", base) or "v"
+            name = base
+            if name in self.taken or _TEMP_RE.match(name) or name.startswith("bn_") or name.endswith("_t"):
+                name = base + "_v"
+            while name in self.map.values() or name in self.taken:
+                name += "_"
+            self.map[sym] = name
+        return name
+
+
+def _free(expr) -> set[sympy.Symbol]:
+    return set(sympy.sympify(expr).free_symbols)
+
+
+def _sym(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name)
+
+
+def _order(syms: Iterable[sympy.Symbol], names: _Names) -> list[sympy.Symbol]:
+    return sorted(syms, key=lambda s: names(s))
+
+
+def _needed_defs(defs: Sequence[Assign], targets: Iterable[sympy.Expr]) -> list[Assign]:
+    """The definitions ``targets`` depend on (transitively), in their original order."""
+    need: set[sympy.Symbol] = set()
+    for t in targets:
+        need |= _free(t)
+    keep: list[Assign] = []
+    for d in reversed(defs):
+        if d.symbol in need:
+            keep.append(d)
+            need |= _free(d.expr)
+    return list(reversed(keep))
+
+
+def _c_comment(text: str) -> str:
+    return text.replace("*/", "* /").replace("/*", "/ *")
+
+
+def _block(
+    defs: Sequence[Assign],
+    targets: Sequence[tuple[str, sympy.Expr]],
+    ctype: str,
+    temp_prefix: str,
+    rename: dict[sympy.Symbol, sympy.Symbol],
+):
+    """CSE and print ``defs`` (only those needed) and the ``targets``.
+
+    Returns ``(stmts, results, inputs)``: statements ``(name, rhs)`` to emit as
+    ``const <type> name = rhs;`` (cse temporaries and definitions interleaved), the printed
+    target expressions, and the set of plan symbols the block reads (not defined in it).
+    """
+    needed = _needed_defs(defs, [e for _, e in targets])
+    assigns = [(d.symbol, d.expr) for d in needed]
+    items = [(rename[s].name, e) for s, e in assigns] + [(f"__target{k}", e) for k, (_, e) in enumerate(targets)]
+    printer = make_printer(ctype)
+    temps, res = cse_statements(items, printer, temp_prefix, rename)
+    defined = {s for s, _ in assigns}
+    inputs: set[sympy.Symbol] = set()
+    for _, e in items:
+        inputs |= _free(e)
+    inputs -= defined
+    stmts = temps + res[: len(assigns)]
+    results = [rhs for _, rhs in res[len(assigns):]]
+    # sympy.cse may pull a whole target into a temporary: results are then temp names, fine.
+    return stmts, results, inputs
+
+
+def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
+    """Everything the templates need for one kernel and one dtype (both layouts)."""
+    T, sfx = DTYPES[dtype]
+    arrays = {a.name: a for a in plan.arrays}
+    scalar_syms = [s.symbol for s in plan.scalars]
+    taken = set(_RESERVED) | set(arrays) | {s.name for s in plan.scalars} | {plan.count.name}
+    names = _Names(taken - {s.name for s in plan.scalars} - {plan.count.name})
+    # scalars and the count keep their own names (they are parameters/locals of that name)
+    for s in scalar_syms + [plan.count]:
+        names.map[s] = s.name
+    if plan.count.name in arrays or plan.count.name in _RESERVED:
+        names.map[plan.count] = plan.count.name + "_v"
+
+    chan_load_syms = {ld.symbol: ld for ld in plan.channel_loads}
+    elem_load_syms = {ld.symbol: ld for ld in plan.element_loads}
+    elem_def_syms = {d.symbol: d for d in plan.element_defs}
+    moments = [r for r in plan.reductions if isinstance(r, CenteredMoments)]
+    sums = [r for r in plan.reductions if isinstance(r, Sum)]
+    red_syms: list[sympy.Symbol] = []
+    for r in plan.reductions:
+        red_syms += [r.mean, r.var] if isinstance(r, CenteredMoments) else [r.symbol]
+
+    # channel defs that depend on a reduction (directly or not) come after the reduction pass
+    post: set[sympy.Symbol] = set(red_syms)
+    for d in plan.channel_defs:
+        if _free(d.expr) & post:
+            post.add(d.symbol)
+    pre_defs = [d for d in plan.channel_defs if d.symbol not in post]
+
+    def rn(sym, suffix=""):
+        return _sym(names(sym) + suffix)
+
+    # ---- reductions: summands with the element defs substituted ---------------------------
+    def subst_elem(expr):
+        expr = sympy.sympify(expr)
+        for d in reversed(plan.element_defs):
+            expr = expr.xreplace({d.symbol: d.expr})
+        return expr
+
+    acc_exprs = [subst_elem(r.summand) for r in sums] + [subst_elem(r.of) for r in moments]
+    red_elem: set[sympy.Symbol] = set()
+    red_chan: set[sympy.Symbol] = set()
+    for e in acc_exprs:
+        for s in _free(e):
+            if s in elem_load_syms:
+                red_elem.add(s)
+            elif s in elem_def_syms:
+                raise ValueError(f"{plan.name}: element def {s} left in a reduction")
+            else:
+                red_chan.add(s)
+    bad = red_chan & post
+    if bad:
+        raise ValueError(f"{plan.name}: reduction summands use {bad}, known only after the reductions")
+
+    # reduction inputs per channel (loads / pre-defs / scalars used by the summands)
+    rin_syms = _order([s for s in red_chan if s not in scalar_syms and s != plan.count], names)
+    # pass A
+    ren_a = {s: rn(s) for s in set(red_elem) | set(red_chan)}
+    for s in scalar_syms + [plan.count]:
+        ren_a[s] = rn(s)
+    stmts_a, res_a, _ = _block([], [(f"acc{k}", e) for k, e in enumerate(acc_exprs)], "double", "ra", ren_a)
+    # pass B: squared deviations from the block means
+    bmean_syms = [_sym(f"bn_bmean{k}") for k in range(len(moments))]
+    b_exprs = [(subst_elem(r.of) - bm) ** 2 for r, bm in zip(moments, bmean_syms)]
+    ren_b = dict(ren_a)
+    for bm in bmean_syms:
+        ren_b[bm] = bm
+    stmts_b, res_b, _ = _block([], [(f"accb{k}", e) for k, e in enumerate(b_exprs)], "double", "rb", ren_b)
+    b_elem = set()
+    for e in b_exprs:
+        b_elem |= _free(e) & set(elem_load_syms)
+    scal_in_red = [s for s in scalar_syms if s in red_chan]
+
+    # reduction-input stage (per channel, before the reductions): loads and pre-defs
+    ren_c = {}
+    for s in set(chan_load_syms) | {d.symbol for d in plan.channel_defs} | set(red_syms) | set(scalar_syms) | {plan.count}:
+        ren_c[s] = rn(s)
+    rin_stmts, rin_res, rin_inputs = _block(pre_defs, [(names(s), s) for s in rin_syms], "double", "rs", ren_c)
+
+    # ---- element pass -----------------------------------------------------------------------
+    elem_targets = [(st.array, st.expr) for st in plan.element_stores]
+    needed_edefs = _needed_defs(plan.element_defs, [e for _, e in elem_targets])
+    e_in: set[sympy.Symbol] = set()
+    for e in [d.expr for d in needed_edefs] + [e for _, e in elem_targets]:
+        e_in |= _free(e)
+    e_in -= {d.symbol for d in needed_edefs}
+    e_loads = [ld for ld in plan.element_loads if ld.symbol in e_in]
+    coef_syms = _order([s for s in e_in if s not in elem_load_syms], names)
+    ren_e = {s: rn(s) for s in set(elem_load_syms) | set(elem_def_syms)}
+    for s in coef_syms:
+        ren_e[s] = rn(s, "_t")
+    stmts_e, res_e, _ = _block(plan.element_defs, elem_targets, T, "et", ren_e)
+
+    # ---- channel phase ---------------------------------------------------------------------
+    chan_targets = []
+    for st in plan.channel_stores:
+        chan_targets.append((st.array, st.expr))
+    for s in coef_syms:
+        chan_targets.append((names(s), s))
+    stmts_c, res_c, chan_inputs = _block(plan.channel_defs, chan_targets, "double", "ct", ren_c)
+    n_st = len(plan.channel_stores)
+    chan_stores = []
+    guards = []
+    for st, rhs in zip(plan.channel_stores, res_c[:n_st]):
+        arr = arrays[st.array]
+        item = dict(array=st.array, expr=rhs, optional=arr.optional)
+        if st.finite_guard and plan.returns_skip_flag:
+            item["slot"] = len(guards)
+            guards.append(item)
+        else:
+            chan_stores.append(item)
+    coefs = [dict(name=names(s), tname=names(s) + "_t", expr=rhs, slot=k)
+             for k, (s, rhs) in enumerate(zip(coef_syms, res_c[n_st:]))]
+
+    # inputs of the channel phase
+    def loads_for(inputs):
+        out = []
+        for ld in plan.channel_loads:
+            if ld.symbol in inputs:
+                arr = arrays[ld.array]
+                if arr.optional:
+                    default = make_printer("double").doprint(sympy.Float(float(ld.default))) if ld.default is not None \
+                        else make_printer("double").doprint(sympy.Float(0.0))
+                else:
+                    default = None
+                out.append(dict(name=names(ld.symbol), array=ld.array, default=default))
+        return out
+
+    red_results = [dict(name=names(s), slot=k) for k, s in enumerate(red_syms)]
+    chan_reds = [r for r, s in zip(red_results, red_syms) if s in chan_inputs]
+
+    # which outputs need the reductions / the element pass (runtime NULL checks)
+    def depends_on_red(expr) -> bool:
+        syms = _free(expr)
+        for d in plan.channel_defs:
+            pass
+        closure = set(syms)
+        for d in reversed(plan.channel_defs):
+            if d.symbol in closure:
+                closure |= _free(d.expr)
+        for d in reversed(plan.element_defs):
+            if d.symbol in closure:
+                closure |= _free(d.expr)
+        return bool(closure & set(red_syms))
+
+    red_outputs = []
+    for st in plan.channel_stores + plan.element_stores:
+        if depends_on_red(st.expr):
+            red_outputs.append(arrays[st.array])
+    elem_outputs = [arrays[st.array] for st in plan.element_stores]
+
+    def any_cond(arrs: list[Array]) -> str:
+        if not arrs:
+            return "0"
+        if any(not a.optional for a in arrs):
+            return "1"
+        seen = []
+        for a in arrs:
+            if a.name not in seen:
+                seen.append(a.name)
+        return " || ".join(f"a->{n} != NULL" for n in seen)
+
+    params = []
+    for arr in plan.arrays:
+        const = "const " if arr.intent == "in" else ""
+        params.append(dict(name=arr.name, decl=f"{const}{T} *{arr.name}", kind="array", ctype=f"{const}{T} *"))
+    for s in plan.scalars:
+        params.append(dict(name=s.name, decl=f"double {s.name}", kind="scalar", ctype="double "))
+    if plan.returns_skip_flag:
+        params.append(dict(name="skip_nonfinite", decl="int skip_nonfinite", kind="flag", ctype="int "))
+    params.append(dict(name="num_threads", decl="int num_threads", kind="threads", ctype="int "))
+
+    # readable formulas for the comment
+    describe = plan.describe().splitlines()
+    formulas = [_c_comment(f) for f in plan.formulas]
+
+    return dict(
+        plan=plan.name,
+        fn=f"{prefix}{plan.name}_{sfx}",
+        base=f"{prefix}{plan.name}",
+        prefix=prefix,
+        T=T,
+        sfx=sfx,
+        summary=_c_comment(plan.summary),
+        formulas=formulas,
+        describe=[_c_comment(line) for line in describe],
+        params=params,
+        arrays=[dict(name=a.name, extent=a.extent, intent=a.intent, optional=a.optional,
+                     doc=_c_comment(a.doc), ctype=("const " if a.intent == "in" else "") + T)
+                for a in plan.arrays],
+        scalars=[dict(name=s.name, doc=_c_comment(s.doc)) for s in plan.scalars],
+        skip_flag=plan.returns_skip_flag,
+        count=names(plan.count),
+        # reductions
+        has_red=bool(plan.reductions),
+        n_sum=len(sums),
+        n_mom=len(moments),
+        n_acc=len(acc_exprs),
+        n_red=len(red_syms),
+        red_results=red_results,
+        sums=[dict(name=names(r.symbol), acc=k, slot=red_syms.index(r.symbol)) for k, r in enumerate(sums)],
+        moments=[dict(mean=names(r.mean), var=names(r.var), acc=len(sums) + k, bm=k,
+                      mean_slot=red_syms.index(r.mean), var_slot=red_syms.index(r.var))
+                 for k, r in enumerate(moments)],
+        rin=[dict(name=names(s), slot=k, expr=rhs) for k, (s, rhs) in enumerate(zip(rin_syms, rin_res))],
+        rin_loads=loads_for(rin_inputs),
+        rin_stmts=rin_stmts,
+        rin_scalars=[s.name for s in scalar_syms if s in rin_inputs],
+        rin_count=plan.count in rin_inputs,
+        red_scalars=[s.name for s in scal_in_red],
+        red_count=plan.count in red_chan,
+        a_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
+        a_stmts=stmts_a,
+        a_terms=res_a,
+        b_lanes=[names(s) for s in rin_syms] + [bm.name for bm in bmean_syms],
+        b_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in b_elem],
+        b_stmts=stmts_b,
+        b_terms=res_b,
+        # channel phase
+        chan_loads=loads_for(chan_inputs),
+        chan_reds=chan_reds,
+        chan_scalars=[s.name for s in scalar_syms if s in chan_inputs],
+        chan_count=plan.count in chan_inputs,
+        chan_stmts=stmts_c,
+        chan_stores=chan_stores,
+        guards=guards,
+        coefs=coefs,
+        # element pass
+        e_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in e_loads],
+        e_stmts=stmts_e,
+        e_stores=[dict(array=st.array, expr=rhs, optional=arrays[st.array].optional)
+                  for st, rhs in zip(plan.element_stores, res_e)],
+        e_arrays=sorted({ld.array for ld in e_loads} | {st.array for st in plan.element_stores},
+                        key=lambda n: [a.name for a in plan.arrays].index(n)),
+        need_red=any_cond(red_outputs) if plan.reductions else "0",
+        need_elem=any_cond(elem_outputs),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _stats_helpers() -> dict:
+    """The moment arithmetic of the templates' stable reduction, printed from SymPy.
+
+    Block mean ``s/n``; Chan's merge of two (count, mean, M2) summaries with ``w = nb/(na + nb)``
+    (exact when one side is empty); biased variance ``M2/n``.
+    """
+    p = make_printer("double")
+    s, n, na, ma, qa, nb, mb, qb, w, d = sympy.symbols("s n na ma qa nb mb qb w d")
+    return dict(
+        mean=p.doprint(s / n),
+        w=p.doprint(nb / (na + nb)),
+        d=p.doprint(mb - ma),
+        ma=p.doprint(ma + d * w),
+        qa=p.doprint(qa + qb + d * d * na * w),
+        var=p.doprint(s / n),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Jinja
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_paths.templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _header_name(prefix: str) -> str:
+    stem = prefix.rstrip("_") or "bnsym"
+    return f"{stem}.h"
+
+
+def _check_prefix(prefix: str) -> None:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", prefix):
+        raise ValueError(f"bnsym: the prefix must be a C identifier, got {prefix!r}")
+
+
+def render(
+    dtypes: Sequence[str] = ("float32", "float64"),
+    layouts: Sequence[str] = ("ncs", "nsc"),
+    prefix: str = "bnsym_",
+    plans: dict[str, KernelPlan] | None = None,
+    progress=None,
+) -> dict[str, str]:
+    """Render the header and one C source per kernel: ``{filename: text}`` (deterministic)."""
+    _check_prefix(prefix)
+    dtypes = [d for d in DTYPES if d in dtypes]
+    layouts = [lay for lay in LAYOUTS if lay in layouts]
+    if not dtypes or not layouts:
+        raise ValueError("bnsym: need at least one dtype and one layout")
+    if plans is None:
+        if progress:
+            progress("deriving the kernel plans (sympy)")
+        plans = load_plans()
+    stem = prefix.rstrip("_") or "bnsym"
+    header = _header_name(prefix)
+    env = _env()
+    kernels = []
+    for name in KERNELS:
+        plan = plans[name]
+        if progress:
+            progress(f"printing {name}")
+        kernels.append(dict(plan=name, variants=[_kernel_data(plan, d, prefix) for d in dtypes]))
+    common = dict(prefix=prefix, layouts=layouts, header=header, stats=_stats_helpers(),
+                  guard=re.sub(r"\W", "_", header).upper())
+    files: dict[str, str] = {}
+    files[header] = env.get_template("header.h.j2").render(kernels=kernels, **common)
+    for k in kernels:
+        fname = f"{stem}_{k['plan']}.c"
+        files[fname] = env.get_template("kernel_source.c.j2").render(kernel=k, filename=fname, **common)
+    return files
+
+
+def write(out_dir, files: dict[str, str]) -> list[Path]:
+    """Write ``files`` into ``out_dir`` (created if needed); only changed files are rewritten."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in sorted(files.items()):
+        path = out / name
+        data = text.encode("utf-8")
+        if not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
+        written.append(path)
+    return written
+
+
+def check(reference_dir=None, files: dict[str, str] | None = None) -> list[str]:
+    """Names of the files that differ between a fresh generation and ``reference_dir``.
+
+    ``reference_dir`` defaults to the committed ``generated/``. Stale files present in the
+    folder but not generated any more are reported too.
+    """
+    ref = Path(reference_dir) if reference_dir is not None else _paths.generated_dir()
+    if files is None:
+        files = render()
+    differ = []
+    for name, text in sorted(files.items()):
+        path = ref / name
+        if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+            differ.append(name)
+    for path in sorted(ref.glob("*")):
+        if path.suffix in (".c", ".h") and path.name not in files:
+            differ.append(path.name)
+    return differ
+
+
+def _diff_head(ref: Path, name: str, text: str, lines: int = 20) -> str:
+    path = ref / name
+    old = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    new = text.splitlines(keepends=True)
+    diff = list(difflib.unified_diff(old, new, f"committed/{name}", f"fresh/{name}", n=1))
+    head = "".join(diff[:lines])
+    if len(diff) > lines:
+        head += f"... ({len(diff) - lines} more diff lines)\n"
+    return head
+
+
+def cli_generate(args) -> int:
+    """``bnsym generate [--check | --update | --out DIR]``."""
+
+    def status(msg: str) -> None:
+        print(f"bnsym generate: {msg} ...", file=sys.stderr, flush=True)
+
+    dtypes = list(getattr(args, "dtypes", None) or DTYPES)
+    layouts = list(getattr(args, "layouts", None) or LAYOUTS)
+    prefix = getattr(args, "prefix", None) or "bnsym_"
+    custom = (sorted(dtypes) != sorted(DTYPES)) or (sorted(layouts) != sorted(LAYOUTS)) or prefix != "bnsym_"
+    try:
+        _check_prefix(prefix)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if (args.check or args.update) and custom:
+        print("bnsym: --check and --update use the default set (all dtypes, layouts, prefix bnsym_); "
+              "use --out DIR for a custom set", file=sys.stderr)
+        return 2
+    files = render(dtypes, layouts, prefix, progress=status)
+    if args.check:
+        ref = _paths.generated_dir()
+        differ = check(ref, files)
+        if differ:
+            print(f"bnsym generate --check: {len(differ)} file(s) differ from {ref}:")
+            for name in differ:
+                print(f"  {name}")
+                if name in files:
+                    print(_diff_head(ref, name, files[name]), end="")
+            print("run 'bnsym generate --update' and commit generated/")
+            return 1
+        print(f"bnsym generate --check: {len(files)} files in {ref} are up to date")
+        return 0
+    if args.update:
+        root = _paths.source_checkout()
+        if root is None:
+            print("bnsym: --update needs a source checkout (templates/ and pyproject.toml beside bnsym/)",
+                  file=sys.stderr)
+            return 1
+        out = root / "generated"
+        before = {n: (out / n).read_bytes() if (out / n).is_file() else None for n in files}
+        write(out, files)
+        stale = [p for p in sorted(out.glob("*")) if p.suffix in (".c", ".h") and p.name not in files]
+        for p in stale:
+            p.unlink()
+        changed = [n for n in sorted(files) if before[n] != files[n].encode("utf-8")]
+        print(f"bnsym generate --update: {len(files)} files in {out}; "
+              f"{len(changed)} changed{': ' + ', '.join(changed) if changed else ''}"
+              f"{'; removed ' + ', '.join(p.name for p in stale) if stale else ''}")
+        return 0
+    if args.out:
+        paths = write(args.out, files)
+        for p in paths:
+            print(f"wrote {p} ({len(files[p.name])} bytes)")
+        print("compile with: cc -std=c99 -O3 -fno-math-errno -fopenmp -c *.c (OpenMP optional)")
+        return 0
+    print("bnsym generate: would write (use --update, --out DIR or --check):")
+    for name, text in sorted(files.items()):
+        print(f"  {name}  {len(text.encode('utf-8'))} bytes, {text.count(chr(10))} lines")
+    return 0
+
+
+def _render_to_temp() -> Path:  # pragma: no cover - debugging helper
+    tmp = Path(tempfile.mkdtemp(prefix="bnsym-gen-"))
+    write(tmp, render())
+    return tmp
