@@ -29,10 +29,13 @@ Conventions
   the running statistics are left untouched for the whole batch and a
   :class:`NonFiniteBatchWarning` is issued (the output is still computed and holds the
   non-finite values).
-* Empty input (``N == 0`` or a spatial size 0) behaves as PyTorch's ``batch_norm``: the output
-  is empty, running statistics are untouched; the backward gives an empty ``grad_input`` and
-  zero ``grad_weight`` / ``grad_bias``. ``batch_norm_forward`` returns NaN ``save_mean`` /
-  ``save_invstd`` in training mode (aten leaves them uninitialized).
+* Empty input (``N == 0`` or a spatial size 0) behaves as PyTorch: ``batch_norm`` returns an
+  empty output and leaves the running statistics untouched (``F.batch_norm``);
+  ``batch_norm_forward`` raises ValueError in training mode, as ``aten.native_batch_norm`` does,
+  and returns an empty output in evaluation mode; ``batch_norm_backward`` returns an empty
+  ``grad_input`` and zero ``grad_weight`` / ``grad_bias`` (what autograd gives through
+  ``F.batch_norm``; aten's CPU kernel itself crashes with SIGFPE there). The layer follows
+  ``F.batch_norm``.
 * Bad arguments raise ``TypeError`` / ``ValueError`` before any kernel runs: a call that raises
   changes nothing.
 * Threads: ``set_num_threads(n)``; the default is ``$BNSYM_NUM_THREADS`` if set, else the number
@@ -449,6 +452,10 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     ``save_invstd=`` may supply the arrays). Evaluation: both are empty arrays of shape (0,), as
     aten's CPU kernel returns (read-only, shared).
     """
+    if training is True and isinstance(input, _ndarray) and input.size == 0:
+        # aten.native_batch_norm refuses empty input in training mode (batch_norm does not).
+        raise ValueError(f"input tensor must have at least one element, but got input size "
+                         f"{_checks.shape_str(input.shape)} (use batch_norm for empty batches)")
     y, sm, si, skipped = _forward(input, weight, bias, running_mean, running_var, training,
                                   momentum, eps, out, save_mean, save_invstd, True,
                                   skip_nonfinite, backend)
@@ -478,7 +485,8 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     ``weight=None`` means 1. ``output_mask`` selects the gradients to compute; a masked-off
     gradient is returned as None. ``out``: None or a tuple of 3 arrays-or-None receiving the
     gradients (``grad_input`` in the layout the kernel writes: that of ``input``). No output may
-    overlap any operand. ``grad_output`` is copied to the input's layout when they differ.
+    overlap any operand, except that ``grad_input`` may be exactly ``grad_output`` (in place).
+    ``grad_output`` is copied to the input's layout when they differ.
     """
     x, dt = _input(input)
     shape = x.shape
@@ -531,6 +539,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
             [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
             [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),
              ("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
+            allow_alias={("grad_input", "grad_output")},
         )
     # grad_output in the kernel's layout.
     if layout == "nsc":

@@ -47,10 +47,23 @@ def channel_view(v, ndim: int, default: float = 0.0) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _quiet(fn):
+    """Non-finite input propagates silently (NaN/inf results, no RuntimeWarning), as in C."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+@_quiet
 def batch_stats(x) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and biased variance, two passes in float64."""
     x = _f64(x)
@@ -68,6 +81,7 @@ def invstd_of(var, eps: float) -> np.ndarray:
     return np.where(s == 0, 0.0, out)
 
 
+@_quiet
 def forward_train(x, weight=None, bias=None, eps: float = 1e-5):
     """Training forward: ``(y, mean, var_biased, invstd)``, all float64."""
     x = _f64(x)
@@ -79,6 +93,7 @@ def forward_train(x, weight=None, bias=None, eps: float = 1e-5):
     return y, mean, var, invstd
 
 
+@_quiet
 def forward_eval(x, weight, bias, running_mean, running_var, eps: float = 1e-5) -> np.ndarray:
     """Evaluation forward with frozen statistics, float64."""
     x = _f64(x)
@@ -88,6 +103,7 @@ def forward_eval(x, weight, bias, running_mean, running_var, eps: float = 1e-5) 
     return xhat * channel_view(weight, nd, 1.0) + channel_view(bias, nd, 0.0)
 
 
+@_quiet
 def update_running(running_mean, running_var, mean, var, m: int, momentum: float):
     """New running statistics (float64; the caller stores them): PyTorch's update rule."""
     new_mean = new_var = None
@@ -99,6 +115,7 @@ def update_running(running_mean, running_var, mean, var, m: int, momentum: float
     return new_mean, new_var
 
 
+@_quiet
 def backward_train(grad_output, x, weight, mean, invstd):
     """Training backward (batch statistics): ``(dx, dweight, dbias)``, float64."""
     dy, x = _f64(grad_output), _f64(x)
@@ -113,6 +130,7 @@ def backward_train(grad_output, x, weight, mean, invstd):
     return dx, sum_dy_xhat, sum_dy
 
 
+@_quiet
 def backward_eval(grad_output, x, weight, running_mean, running_var, eps: float = 1e-5):
     """Evaluation backward (frozen statistics): ``(dx, dweight, dbias)``, float64."""
     dy, x = _f64(grad_output), _f64(x)

@@ -1,0 +1,71 @@
+"""Shared fixtures: seeded RNG, input factory (both layouts), the compiled kernels (or a skip)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# Tolerances of the compiled kernels against the float64 reference, relative to the scale of
+# the compared quantity (max |reference|, at least 1): float64 keeps ~1e-10 (the kernels
+# accumulate in double, different summation orders), float32 ~1e-5 (a few ulps of float32 per
+# element, sums accumulated in double).
+RTOL = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+def close(actual, expected, dtype, what=""):
+    """Assert ``actual`` matches ``expected`` within RTOL[dtype] of the expected scale."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    err = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+    tol = RTOL[np.dtype(dtype).type] * scale
+    assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g} (scale {scale:.3g})"
+
+
+def make(shape, dtype=np.float64, layout="ncs", seed=0, loc=0.0, scale=1.0):
+    """A random array of ``shape`` (N, C, *spatial) in layout ncs (C-contiguous),
+    nsc (channels-last) or strided (neither: a non-contiguous view)."""
+    rng = np.random.default_rng(seed)
+    nd = len(shape)
+    if layout == "ncs":
+        return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+    if layout == "nsc":
+        perm = (0,) + tuple(range(2, nd)) + (1,)
+        stored = (loc + scale * rng.standard_normal([shape[p] for p in perm])).astype(dtype)
+        return stored.transpose(np.argsort(perm))
+    if layout == "strided":
+        big = (loc + scale * rng.standard_normal(shape[:-1] + (2 * shape[-1],))).astype(dtype)
+        return big[..., ::2]
+    raise ValueError(layout)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def kernels():
+    """The compiled kernels ``(ffi, lib)``; skips the test when they cannot be built here."""
+    from bnsym import build
+
+    try:
+        return build.load()
+    except build.CompileError as exc:
+        first = str(exc).splitlines()[0]
+        if "no generated kernels" in first:
+            pytest.skip(f"compiled kernels unavailable: {first}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def assert_close():
+    """``assert_close(actual, expected, dtype, what)``: see :func:`close`."""
+    return close
+
+
+@pytest.fixture(scope="session")
+def make_input():
+    """``make_input(shape, dtype, layout, seed, loc, scale)``: see :func:`make`."""
+    return make
