@@ -370,7 +370,7 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
             if not (omp_c or omp_l) or not re.search(
                 r"openmp|omp\.h|gomp|lomp", getattr(first, "log", ""), re.I
             ):
-                raise _with_hint(first) from first.__cause__
+                raise
             try:
                 built = _compile(
                     name,
@@ -380,7 +380,7 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
                     [f for f in ldflags if f not in omp_l],
                 )
             except CompileError:
-                raise _with_hint(first) from first.__cause__
+                raise first from first.__cause__
             openmp = False
             print(
                 "bnsym: warning: the compiler does not support OpenMP; kernels built single-threaded",
@@ -397,12 +397,6 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"bnsym: kernels compiled in {time.perf_counter() - t0:.1f} s, cached in {root}",
           file=sys.stderr, flush=True)
-
-
-def _with_hint(err: CompileError) -> CompileError:
-    return CompileError(
-        f"{err}\nIf no working C compiler is installed: {_INSTALL_HINT}"
-    )
 
 
 def load(source_dir: Path | str | None = None):

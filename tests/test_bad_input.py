@@ -1,0 +1,314 @@
+"""Bad input: a clear TypeError/ValueError before any C runs, and nothing changed after it."""
+
+import numpy as np
+import pytest
+
+import bnsym
+
+F32, F64 = np.float32, np.float64
+C = 3
+
+
+@pytest.fixture(params=["c", "numpy"])
+def backend(request):
+    if request.param == "c":
+        request.getfixturevalue("kernels")
+    return request.param
+
+
+def _args(dtype=F32, shape=(4, C, 5)):
+    rng = np.random.default_rng(0)
+    return dict(
+        input=rng.standard_normal(shape).astype(dtype),
+        running_mean=rng.standard_normal(C).astype(dtype),
+        running_var=(rng.random(C) + 0.5).astype(dtype),
+        weight=rng.standard_normal(C).astype(dtype),
+        bias=rng.standard_normal(C).astype(dtype),
+    )
+
+
+def _snapshot(values):
+    return {k: (v.copy(), v.strides) if isinstance(v, np.ndarray) else v for k, v in values.items()}
+
+
+def _unchanged(before, values):
+    for k, v in values.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, before[k][0], err_msg=k)
+            assert v.strides == before[k][1]
+
+
+def _call_fails(exc, match, backend, **changes):
+    """batch_norm with ``changes`` applied raises ``exc`` matching ``match``; nothing changed."""
+    kw = _args()
+    kw.update(dict(training=True))
+    kw.update(changes)
+    arrays = {k: v for k, v in kw.items() if isinstance(v, np.ndarray)}
+    out = kw.get("out")
+    if isinstance(out, np.ndarray):
+        arrays["out"] = out
+    before = _snapshot(arrays)
+    with pytest.raises(exc, match=match):
+        bnsym.batch_norm(backend=backend, **kw)
+    _unchanged(before, arrays)
+
+
+# --------------------------------------------------------------------------- input
+
+
+@pytest.mark.parametrize("value,exc,match", [
+    ([[1.0, 2.0, 3.0]] * 4, TypeError, "input must be a numpy.ndarray.*got list"),
+    (3.0, TypeError, "input must be a numpy.ndarray"),
+    (None, TypeError, "input must be a numpy.ndarray.*NoneType"),
+    (np.ones((4, C), dtype=object), TypeError, "input has dtype object"),
+    (np.ones((4, C), dtype=np.int32), TypeError, "input has dtype int32"),
+    (np.ones((4, C), dtype=np.float16), TypeError, "input has dtype float16"),
+    (np.ones((4, C), dtype=np.complex64), TypeError, "input has dtype complex64"),
+    (np.ones((4, C), dtype=">f4"), TypeError, "non-native byte order"),
+    (np.ones((C,), dtype=F32), ValueError, "at least 2 dimensions.*\\(3,\\)"),
+    (np.float32(1.0), TypeError, "numpy.ndarray"),
+])
+def test_bad_input_array(value, exc, match, backend):
+    _call_fails(exc, match, backend, input=value)
+
+
+@pytest.mark.parametrize("shape", [(1, C), (1, C, 1), (1, C, 1, 1), (1, C, 1, 1, 1)])
+def test_one_value_per_channel_when_training(shape, backend):
+    msg = (r"Expected more than 1 value per channel when training, got input size "
+           + r"\(" + ", ".join(str(s) for s in shape) + r"\)")
+    _call_fails(ValueError, msg, backend, input=np.ones(shape, F32))
+    # Evaluation mode is fine with one value per channel.
+    bnsym.batch_norm(np.ones(shape, F32), np.zeros(C, F32), np.ones(C, F32), backend=backend)
+
+
+# --------------------------------------------------------------------------- per-channel arrays
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_mixed_dtypes(name, backend):
+    _call_fails(TypeError, f"{name} has dtype float64 but input has dtype float32", backend,
+                **{name: np.ones(C, F64)})
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+@pytest.mark.parametrize("bad_shape", [(C + 1,), (C, 1), (1, C), ()])
+def test_per_channel_shape(name, bad_shape, backend):
+    _call_fails(ValueError, f"{name} must have shape \\({C},\\)", backend,
+                **{name: np.ones(bad_shape, F32)})
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_per_channel_not_an_array(name, backend):
+    _call_fails(TypeError, f"{name} must be a numpy.ndarray", backend, **{name: [1.0, 2.0, 3.0]})
+
+
+@pytest.mark.parametrize("name", ["running_mean", "running_var"])
+def test_running_stats_must_be_updatable_in_training(name, backend):
+    strided = np.ones(2 * C, F32)[::2]
+    _call_fails(ValueError, f"{name} is not contiguous", backend, **{name: strided})
+    ro = np.ones(C, F32)
+    ro.flags.writeable = False
+    _call_fails(ValueError, f"{name} is read-only", backend, **{name: ro})
+
+
+def test_readonly_running_stats_fine_in_eval(backend):
+    kw = _args()
+    for k in ("running_mean", "running_var"):
+        kw[k].flags.writeable = False
+    bnsym.batch_norm(training=False, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("missing", ["running_mean", "running_var"])
+def test_running_stats_required_in_eval(missing, backend):
+    _call_fails(ValueError, "running_mean and running_var must be given in evaluation mode",
+                backend, training=False, **{missing: None})
+
+
+def test_running_stats_overlapping_each_other(backend):
+    shared = np.ones(C + 1, F32)
+    _call_fails(ValueError, "running_mean overlaps running_var", backend,
+                running_mean=shared[:C], running_var=shared[1:])
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+@pytest.mark.parametrize("eps,exc", [(0.0, ValueError), (-1e-5, ValueError), (np.nan, ValueError),
+                                     (np.inf, ValueError), ("1e-5", TypeError), (None, TypeError),
+                                     (True, TypeError)])
+def test_bad_eps(eps, exc, backend):
+    _call_fails(exc, "eps must be a finite number > 0", backend, eps=eps)
+
+
+def test_numpy_scalar_eps_and_momentum_accepted(backend):
+    kw = _args()
+    bnsym.batch_norm(training=True, eps=np.float32(1e-3), momentum=np.float64(0.2),
+                     backend=backend, **kw)
+
+
+@pytest.mark.parametrize("momentum,exc,match", [
+    (-0.1, ValueError, "momentum must be in \\[0, 1\\]"),
+    (1.5, ValueError, "momentum must be in \\[0, 1\\]"),
+    (np.nan, ValueError, "momentum must be in \\[0, 1\\]"),
+    ("0.1", TypeError, "momentum must be a number"),
+    (None, ValueError, "momentum=None"),
+])
+def test_bad_momentum(momentum, exc, match, backend):
+    _call_fails(exc, match, backend, momentum=momentum)
+
+
+def test_momentum_none_where_unused(backend):
+    kw = _args()
+    bnsym.batch_norm(training=False, momentum=None, backend=backend, **kw)
+    kw.update(running_mean=None, running_var=None)
+    bnsym.batch_norm(training=True, momentum=None, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name,value", [("training", 1), ("training", "yes"), ("skip_nonfinite", None)])
+def test_bad_flags(name, value, backend):
+    _call_fails(TypeError, f"{name} must be a bool", backend, **{name: value})
+
+
+def test_bad_backend():
+    _call_fails(ValueError, "backend must be 'c' or 'numpy'", "torch")
+
+
+# --------------------------------------------------------------------------- out=
+
+
+@pytest.mark.parametrize("make_out,exc,match", [
+    (lambda x: np.empty(x.shape, F64), TypeError, "out has dtype float64"),
+    (lambda x: np.empty(x.shape[:2], F32), ValueError, "out has shape"),
+    (lambda x: np.empty(x.shape, F32, order="F"), ValueError, "out must be C-contiguous"),
+    (lambda x: [0.0], TypeError, "out must be a numpy.ndarray"),
+])
+def test_bad_out(make_out, exc, match, backend):
+    x = _args()["input"]
+    _call_fails(exc, match, backend, input=x, out=make_out(x))
+
+
+def test_readonly_out(backend):
+    x = _args()["input"]
+    out = np.zeros_like(x)
+    out.flags.writeable = False
+    _call_fails(ValueError, "out is read-only", backend, input=x, out=out)
+
+
+def test_out_overlapping_input(backend):
+    big = np.random.default_rng(1).standard_normal(4 * C * 5 + 1).astype(F32)
+    x = big[:-1].reshape(4, C, 5)
+    out = big[1:].reshape(4, C, 5)
+    _call_fails(ValueError, "out overlaps input.*may be exactly input", backend, input=x, out=out)
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_out_overlapping_parameter(name, backend):
+    kw = _args()
+    out = np.zeros_like(kw["input"])
+    _call_fails(ValueError, f"out overlaps {name}", backend, out=out,
+                **{name: out.reshape(-1)[:C]})
+
+
+def test_channels_last_input_needs_channels_last_out(backend, make_input):
+    x = make_input((4, C, 5, 2), F32, "nsc")
+    _call_fails(ValueError, "out must be channels-last", backend, input=x,
+                out=np.empty(x.shape, F32))
+
+
+def test_forward_save_outputs_checked(backend):
+    kw = _args()
+    rm0 = kw["running_mean"].copy()
+    with pytest.raises(ValueError, match="save_mean has shape"):
+        bnsym.batch_norm_forward(kw["input"], kw["weight"], kw["bias"], kw["running_mean"],
+                                 kw["running_var"], True, 0.1, 1e-5, save_mean=np.empty(C + 1, F32),
+                                 backend=backend)
+    with pytest.raises(ValueError, match="save_invstd overlaps running_mean"):
+        bnsym.batch_norm_forward(kw["input"], kw["weight"], kw["bias"], kw["running_mean"],
+                                 kw["running_var"], True, 0.1, 1e-5,
+                                 save_invstd=kw["running_mean"], backend=backend)
+    np.testing.assert_array_equal(kw["running_mean"], rm0)
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def _bwd_args():
+    kw = _args(F64)
+    x = kw["input"]
+    mean = x.mean(axis=(0, 2))
+    invstd = 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5)
+    return dict(grad_output=np.ones_like(x), input=x, weight=kw["weight"],
+                running_mean=kw["running_mean"], running_var=kw["running_var"],
+                save_mean=mean, save_invstd=invstd, training=True, eps=1e-5)
+
+
+def _bwd_fails(exc, match, backend, **changes):
+    kw = _bwd_args()
+    kw.update(changes)
+    arrays = {k: v for k, v in kw.items() if isinstance(v, np.ndarray)}
+    for i, o in enumerate(kw["out"] if isinstance(kw.get("out"), tuple) else ()):
+        if isinstance(o, np.ndarray):
+            arrays[f"out{i}"] = o
+    before = _snapshot(arrays)
+    with pytest.raises(exc, match=match):
+        bnsym.batch_norm_backward(backend=backend, **kw)
+    _unchanged(before, arrays)
+
+
+@pytest.mark.parametrize("mask,exc,match", [
+    ((True, True), ValueError, "output_mask must have 3 entries"),
+    ((True, True, True, True), ValueError, "output_mask must have 3 entries"),
+    ("yes", TypeError, "output_mask must be a sequence of 3 bools"),
+    (None, TypeError, "output_mask must be a sequence of 3 bools"),
+    ((1, 0, 1), TypeError, "output_mask\\[0\\] must be a bool"),
+    ((True, None, True), TypeError, "output_mask\\[1\\] must be a bool"),
+])
+def test_bad_output_mask(mask, exc, match, backend):
+    _bwd_fails(exc, match, backend, output_mask=mask)
+
+
+def test_backward_bad_grad_output(backend):
+    x = _bwd_args()["input"]
+    _bwd_fails(ValueError, "grad_output must have the shape of input", backend,
+               grad_output=np.ones(x.shape[:2]))
+    _bwd_fails(TypeError, "grad_output has dtype float32 but input has dtype float64", backend,
+               grad_output=np.ones(x.shape, F32))
+    _bwd_fails(TypeError, "grad_output must be a numpy.ndarray", backend, grad_output=1.0)
+
+
+def test_backward_requires_saved_or_running_stats(backend):
+    _bwd_fails(ValueError, "save_mean and save_invstd .* are required", backend, save_mean=None)
+    _bwd_fails(ValueError, "running_mean and running_var must be given", backend,
+               training=False, running_var=None)
+
+
+def test_backward_bad_outs(backend):
+    x = _bwd_args()["input"]
+    _bwd_fails(TypeError, "out must be a tuple of 3", backend, out=np.empty_like(x))
+    _bwd_fails(ValueError, "out\\[1\\] \\(grad_weight\\) is given but output_mask\\[1\\] is False",
+               backend, out=(None, np.empty(C), None), output_mask=(True, False, True))
+    _bwd_fails(ValueError, "grad_input.*has shape", backend, out=(np.empty(x.shape[:2]), None, None))
+    _bwd_fails(TypeError, "grad_weight.*has dtype float32", backend,
+               out=(None, np.empty(C, F32), None))
+    gw = np.empty(C)
+    gw.flags.writeable = False
+    _bwd_fails(ValueError, "grad_weight.*is read-only", backend, out=(None, gw, None))
+
+
+def test_backward_out_overlaps(backend):
+    kw = _bwd_args()
+    x, w = kw["input"], kw["weight"]
+    before = _snapshot({"x": x, "w": w})
+    with pytest.raises(ValueError, match="grad_input overlaps input"):
+        bnsym.batch_norm_backward(backend=backend, out=(x, None, None), **kw)
+    shared = np.zeros(C)
+    with pytest.raises(ValueError, match="grad_weight overlaps grad_bias|grad_bias overlaps grad_weight"):
+        bnsym.batch_norm_backward(backend=backend, out=(None, shared, shared), **kw)
+    with pytest.raises(ValueError, match="grad_bias overlaps weight"):
+        bnsym.batch_norm_backward(backend=backend, out=(None, None, w), **kw)
+    _unchanged(before, {"x": x, "w": w})
+    np.testing.assert_array_equal(shared, 0.0)
+
+
+def test_bad_eps_backward(backend):
+    _bwd_fails(ValueError, "eps must be a finite number > 0", backend, eps=0.0)
