@@ -293,7 +293,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
                              ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
     N = shape[0]
     if training:
-        if prm is not NULL and prv is not NULL and prm < prv + C and prv < prm + C:
+        if (rm is not None and rv is not None
+                and (rm is rv or not (rm.flags.owndata and rv.flags.owndata))
+                and prm < prv + C and prv < prm + C):  # two distinct allocations never overlap
             raise ValueError("running_mean overlaps running_var in memory")
         if want_save:
             user_sm, user_si = save_mean is not None, save_invstd is not None

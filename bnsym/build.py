@@ -208,11 +208,36 @@ def _cffi_version() -> str:
     return cffi.__version__
 
 
+_key_memo: dict[tuple, tuple[str, dict]] = {}
+
+
 def cache_key(source_dir: Path | str | None = None) -> tuple[str, dict]:
-    """(hash naming the cache entry, description of what went into it)."""
+    """(hash naming the cache entry, description of what went into it).
+
+    Memoized per process on the sources' names, sizes and mtimes and the environment variables
+    that change the compiler or its flags, so that repeated calls do not re-read the sources.
+    """
+    src = Path(source_dir) if source_dir is not None else kernel_dir()
+    try:
+        sig = tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ino)
+                    for p in sorted(src.iterdir()) if p.suffix in (".c", ".h")
+                    for st in (p.stat(),))
+    except OSError:
+        sig = None
+    memo = (str(src), sig, os.environ.get("CC"), os.environ.get("PATH"),
+            os.environ.get("BNSYM_NO_NATIVE"))
+    hit = _key_memo.get(memo) if sig is not None else None
+    if hit is not None:
+        return hit
+    result = _cache_key(src)
+    if sig is not None:
+        _key_memo[memo] = result
+    return result
+
+
+def _cache_key(src: Path) -> tuple[str, dict]:
     from bnsym import compiler
 
-    src = Path(source_dir) if source_dir is not None else kernel_dir()
     h = hashlib.sha256()
     h.update(f"bnsym-build-schema={_BUILD_SCHEMA}\n".encode())
     files = _source_files(src)

@@ -167,17 +167,22 @@ class BatchNorm:
         if momentum is None:
             # Cumulative average (PyTorch): factor 1/num_batches_tracked, counting this batch.
             momentum = 1.0 / float(self.num_batches_tracked + 1) if (self.training and track) else 0.0
-        tag = _api._layout_tag(x)
-        C = (self.num_features,)
-        out = self._buffer("y", x.shape, tag, avoid=(x,))
+        reuse = self.reuse_buffers
+        out = sm = si = tag = None
+        if reuse:
+            tag = _api._layout_tag(x)
+            C = (self.num_features,)
+            out = self._buffer("y", x.shape, tag, avoid=(x,))
         if use_batch:
-            sm = self._buffer("save_mean", C, "c")
-            si = self._buffer("save_invstd", C, "c")
+            if reuse:
+                sm = self._buffer("save_mean", C, "c")
+                si = self._buffer("save_invstd", C, "c")
             y, sm, si, skipped = _api._forward(
                 x, self.weight, self.bias, rm, rv, True, momentum, self.eps, out, sm, si, True,
                 self.skip_nonfinite, self.backend)
-            self._keep("save_mean", sm, "c")
-            self._keep("save_invstd", si, "c")
+            if reuse:
+                self._keep("save_mean", sm, "c")
+                self._keep("save_invstd", si, "c")
             self._saved = (x, True, sm, si)
             self.last_batch_skipped = skipped
             if skipped:
@@ -193,7 +198,8 @@ class BatchNorm:
                 False, False, self.backend)
             self._saved = (x, False, rm, rv)
             self.last_batch_skipped = False
-        self._keep("y", y, tag)
+        if reuse:
+            self._keep("y", y, tag)
         return y
 
     def backward(self, grad_output):
