@@ -456,3 +456,49 @@ def test_light_path_is_fast(kernels):
             bnsym.batch_norm(x, rm, rv, w, b, True)
         times.append((time.perf_counter() - t0) / 1000)
     assert sorted(times)[3] < 50e-6
+
+
+# --------------------------------------------------------------------------- property-based
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _case(draw):
+    nd = draw(st.integers(2, 5))
+    shape = [draw(st.integers(1, 6)), draw(st.integers(1, 9))]
+    shape += [draw(st.integers(1, 5)) for _ in range(nd - 2)]
+    if shape[0] * int(np.prod(shape[2:])) < 2:
+        shape[0] = 2
+    layout = draw(st.sampled_from(_layouts_for(tuple(shape))))
+    dtype = draw(st.sampled_from([F32, F64]))
+    return (tuple(shape), layout, dtype, draw(st.booleans()), draw(st.booleans()),
+            draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_case())
+def test_random_cases_match_reference(case, kernels, make_input, assert_close):
+    shape, layout, dtype, affine, training = case[:5]
+    seed = case[5]
+    x = make_input(shape, dtype, layout, seed=seed, loc=float(seed % 7) - 3, scale=0.5 + seed % 3)
+    dy = make_input(shape, dtype, layout, seed=seed + 1)
+    w, b, rm, rv = _params(shape[1], dtype, seed + 2, affine)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, sm, si = bnsym.batch_norm_forward(x, w, b, rm, rv, training, 0.1, 1e-5)
+    if training:
+        yr, mean, var, invstd = R.forward_train(x, w, b, 1e-5)
+        nm, nv = R.update_running(rm0, rv0, mean, var, x.size // shape[1], 0.1)
+        assert_close(rm, nm, dtype, "running_mean")
+        assert_close(rv, nv, dtype, "running_var")
+        gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+        ri, rw, rb = R.backward_train(dy, x, w, sm, si)
+    else:
+        yr = R.forward_eval(x, w, b, rm, rv, 1e-5)
+        gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, rm, rv, sm, si, False, 1e-5)
+        ri, rw, rb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    assert_close(y, yr, dtype, "y")
+    assert_close(gi, ri, dtype, "grad_input")
+    assert_close(gw, rw, dtype, "grad_weight")
+    assert_close(gb, rb, dtype, "grad_bias")
