@@ -128,11 +128,25 @@ _NULL = None
 _PERMS: dict[int, tuple] = {}
 
 
+_init_error = None
+
+
 def _init():
-    global _K, _fb, _NULL
+    """Load (compiling on first use) the kernels and fill the lookup table.
+
+    A failure (no compiler, compile error) is remembered: later calls raise the same error at
+    once instead of compiling again. ``backend="numpy"`` never gets here.
+    """
+    global _K, _fb, _NULL, _init_error
     from bnsym import build
 
-    ffi, lib = build.load()
+    if _init_error is not None:
+        raise _init_error
+    try:
+        ffi, lib = build.load()
+    except build.CompileError as exc:
+        _init_error = exc
+        raise
     table = {}
     for dt, sfx, ctype in ((_F32, "f32", "float[]"), (_F64, "f64", "double[]")):
         for layout in ("ncs", "nsc"):
@@ -184,6 +198,7 @@ def _input(x):
 
 
 def _chan(a, name, dt, C, inplace=False):
+    """A per-channel operand: the fast test, else _checks (explains or copies)."""
     if a is None:
         return None
     if (type(a) is _ndarray and a.dtype is dt and a.shape == (C,) and a.flags.c_contiguous
