@@ -502,3 +502,20 @@ def test_random_cases_match_reference(case, kernels, make_input, assert_close):
     assert_close(gi, ri, dtype, "grad_input")
     assert_close(gw, rw, dtype, "grad_weight")
     assert_close(gb, rb, dtype, "grad_bias")
+
+
+def test_empty_input_matches_torch(kernels):
+    torch = _torch()
+    x = np.empty((0, 3, 4), F32)
+    w, b, rm, rv = _params(3, F32, 1)
+    trm, trv = torch.tensor(rm.copy()), torch.tensor(rv.copy())
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, torch.tensor(b), True)
+    ty.sum().backward()
+    y = bnsym.batch_norm(x, rm, rv, w, b, training=True)
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_array_equal(rm, trm.numpy())
+    np.testing.assert_array_equal(rv, trv.numpy())
+    _, gw, _ = bnsym.batch_norm_backward(x, x, w, rm, rv, rm, rv, True, 1e-5)
+    np.testing.assert_array_equal(gw, tw.grad.numpy())

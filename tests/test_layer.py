@@ -238,3 +238,40 @@ def test_parameters_reset(backend, make_input):
     np.testing.assert_array_equal(bn.weight, 1)
     np.testing.assert_array_equal(bn.running_mean, 0)
     assert bn.num_batches_tracked == 0
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+def test_layer_matches_torch_over_steps(momentum, track, kernels):
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"torch not importable: {type(exc).__name__}")
+    rng = np.random.default_rng(3)
+    tbn = torch.nn.BatchNorm2d(3, momentum=momentum, track_running_stats=track).double()
+    bn = bnsym.BatchNorm(3, momentum=momentum, track_running_stats=track, dtype=F64)
+    with torch.no_grad():
+        tbn.weight.copy_(torch.tensor([1.5, 0.5, -1.0], dtype=torch.float64))
+        tbn.bias.copy_(torch.tensor([0.1, 0.0, 0.3], dtype=torch.float64))
+    bn.weight[...] = [1.5, 0.5, -1.0]
+    bn.bias[...] = [0.1, 0.0, 0.3]
+    for step in range(4):
+        x = rng.standard_normal((4, 3, 3, 2)) * (step + 1) + step
+        dy = rng.standard_normal(x.shape)
+        tx = torch.tensor(x, requires_grad=True)
+        tbn.zero_grad()
+        ty = tbn(tx)
+        ty.backward(torch.tensor(dy))
+        y = bn(x)
+        dx = bn.backward(dy)
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(bn.grad_weight, tbn.weight.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(bn.grad_bias, tbn.bias.grad.numpy(), rtol=1e-9, atol=1e-12)
+        if track:
+            np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-12)
+            assert bn.num_batches_tracked == int(tbn.num_batches_tracked)
+    bn.eval(), tbn.eval()
+    x = rng.standard_normal((2, 3, 3, 2))
+    np.testing.assert_allclose(bn(x), tbn(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
