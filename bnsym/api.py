@@ -528,7 +528,9 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
         sb = _chan(running_var, "running_var", dt, C)
     if type(eps) is not float or not (0.0 < eps < _INF):
         eps = _checks.eps(eps)
-    if output_mask is not _ALL:
+    if output_mask is not _ALL and not (
+            type(output_mask) is tuple and len(output_mask) == 3 and type(output_mask[0]) is bool
+            and type(output_mask[1]) is bool and type(output_mask[2]) is bool):
         output_mask = _checks.output_mask(output_mask)
     m0, m1, m2 = output_mask
     if backend != "c":
