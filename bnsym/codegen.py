@@ -209,21 +209,24 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
 
     # reduction inputs per channel (loads / pre-defs / scalars used by the summands)
     rin_syms = _order([s for s in red_chan if s not in scalar_syms and s != plan.count], names)
-    # pass A
+    # The reduction pass (in the array type T, accumulated per lane in short T partial sums that
+    # are added in double): Sum summands, and per CenteredMoments the deviation d = of - shift
+    # from a per-channel shift, whose sums of d and d**2 give the block mean and M2.
     ren_a = {s: rn(s) for s in set(red_elem) | set(red_chan)}
     for s in scalar_syms + [plan.count]:
         ren_a[s] = rn(s)
-    stmts_a, res_a, _ = _block([], [(f"acc{k}", e) for k, e in enumerate(acc_exprs)], "double", "ra", ren_a)
-    # pass B: squared deviations from the block means
-    bmean_syms = [_sym(f"bn_bmean{k}") for k in range(len(moments))]
-    b_exprs = [(subst_elem(r.of) - bm) ** 2 for r, bm in zip(moments, bmean_syms)]
-    ren_b = dict(ren_a)
-    for bm in bmean_syms:
-        ren_b[bm] = bm
-    stmts_b, res_b, _ = _block([], [(f"accb{k}", e) for k, e in enumerate(b_exprs)], "double", "rb", ren_b)
-    b_elem = set()
-    for e in b_exprs:
-        b_elem |= _free(e) & set(elem_load_syms)
+    shift_syms = [_sym(f"bn_shift{k}") for k in range(len(moments))]
+    dev_syms = [_sym(f"bn_d{k}") for k in range(len(moments))]
+    for sym in shift_syms:
+        ren_a[sym] = sym
+    red_targets = [(f"acc{k}", subst_elem(r.summand)) for k, r in enumerate(sums)]
+    red_targets += [(d.name, subst_elem(r.of) - sh) for r, sh, d in zip(moments, shift_syms, dev_syms)]
+    stmts_a, res_a, _ = _block([], red_targets, T, "ra", ren_a)
+    tprinter = make_printer(T)
+    red_terms = list(res_a[: len(sums)])
+    for d, rhs in zip(dev_syms, res_a[len(sums):]):
+        stmts_a.append((d.name, rhs))
+        red_terms += [tprinter.doprint(d), tprinter.doprint(d**2)]
     scal_in_red = [s for s in scalar_syms if s in red_chan]
 
     # reduction-input stage (per channel, before the reductions): loads and pre-defs
@@ -350,11 +353,12 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         has_red=bool(plan.reductions),
         n_sum=len(sums),
         n_mom=len(moments),
-        n_acc=len(acc_exprs),
+        n_acc=len(red_terms),
         n_red=len(red_syms),
         red_results=red_results,
         sums=[dict(name=names(r.symbol), acc=k, slot=red_syms.index(r.symbol)) for k, r in enumerate(sums)],
-        moments=[dict(mean=names(r.mean), var=names(r.var), acc=len(sums) + k, bm=k,
+        moments=[dict(mean=names(r.mean), var=names(r.var), s1=len(sums) + 2 * k, s2=len(sums) + 2 * k + 1,
+                      bm=k, lane=len(rin_syms) + k,
                       mean_slot=red_syms.index(r.mean), var_slot=red_syms.index(r.var))
                  for k, r in enumerate(moments)],
         rin=[dict(name=names(s), slot=k, expr=rhs) for k, (s, rhs) in enumerate(zip(rin_syms, rin_res))],
@@ -364,13 +368,10 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         rin_count=plan.count in rin_inputs,
         red_scalars=[s.name for s in scal_in_red],
         red_count=plan.count in red_chan,
-        a_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
-        a_stmts=stmts_a,
-        a_terms=res_a,
-        b_lanes=[names(s) for s in rin_syms] + [bm.name for bm in bmean_syms],
-        b_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in b_elem],
-        b_stmts=stmts_b,
-        b_terms=res_b,
+        red_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
+        red_stmts=stmts_a,
+        red_terms=red_terms,
+        lanes=[names(s) for s in rin_syms] + [sh.name for sh in shift_syms],
         # channel phase
         chan_loads=loads_for(chan_inputs),
         chan_reds=chan_reds,
@@ -396,11 +397,13 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
 def _stats_helpers() -> dict:
     """The moment arithmetic of the templates' stable reduction, printed from SymPy.
 
-    Block mean ``s/n``; Chan's merge of two (count, mean, M2) summaries with ``w = nb/(na + nb)``
-    (exact when one side is empty); biased variance ``M2/n``.
+    Mean ``s/n``; a block's mean and M2 from shifted sums (``k + s1/n``, ``s2 - s1**2/n``, with
+    a recentering test); Chan's merge of two (count, mean, M2) summaries with
+    ``w = nb/(na + nb)`` (exact when one side is empty); biased variance ``M2/n``.
     """
     p = make_printer("double")
     s, n, na, ma, qa, nb, mb, qb, w, d = sympy.symbols("s n na ma qa nb mb qb w d")
+    k, s1, s2 = sympy.symbols("k s1 s2")
     return dict(
         mean=p.doprint(s / n),
         w=p.doprint(nb / (na + nb)),
@@ -408,6 +411,12 @@ def _stats_helpers() -> dict:
         ma=p.doprint(ma + d * w),
         qa=p.doprint(qa + qb + d * d * na * w),
         var=p.doprint(s / n),
+        # a block summarized by the sums s1 of d = v - k and s2 of d**2 (the shift k is any
+        # value near the mean: the correction term makes the result exact in exact arithmetic)
+        block_mean=p.doprint(k + s1 / n),
+        block_m2=p.doprint(s2 - s1**2 / n),
+        # more than half of s2 would cancel: the shift is too far from the mean, recenter
+        recenter=p.doprint(sympy.StrictGreaterThan(s1**2, n * s2 / 2)),
     )
 
 
