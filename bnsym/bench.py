@@ -20,7 +20,7 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   - **floor**: a C loop ``y[i] = a*x[i] + b`` over the same number of elements and dtype, compiled with
     bnsym's own flags (``bnsym.compiler.compile_args()``), plain at 1 thread, OpenMP at 2.
 * Protocol per measurement: GC off; warm-up of at least 3 calls and 50 ms; then at least 25 samples
-  and 0.3 s of sampling (at most 500 samples), one call per sample with ``time.perf_counter``; the
+  and 0.3 s of sampling (at most 2000 samples; the baseline capped at 500), one call per sample with ``time.perf_counter``; the
   figure is the median. Minor page faults per call and the host's steal time are recorded.
 * Page faults: glibc serves allocations > 32 MiB with mmap and unmaps them on free, so any op with a
   fresh output that large pays ~20 ms of faults per call. bnsym reuses its outputs through ``out=``;
@@ -33,7 +33,10 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   with the other implementations of the same case, and the **minimum of the medians** is reported
   for every implementation alike: a stall or a noisy neighbour only ever inflates a median, so the
   smallest is the estimate of the undisturbed cost. All the medians are kept in the JSON. (NumPy,
-  not a target, is measured once.)
+  not a target, is measured once.) Each measurement also records how much CPU other processes used
+  meanwhile (/proc/stat minus this process): a cell all of whose medians ran while others held the
+  CPUs it needed is measured again after a pause (up to 3 times) and, if still contended, marked
+  ``~`` in the table.
 * Ratios are taken between numbers measured in the same run, close together in time (the machine is
   shared and noisy: treat differences under ~1.3x in a single cell as noise).
 
@@ -110,7 +113,9 @@ class BenchConfig:
     repeats: int = 3  # medians per multi-thread cell (the minimum is kept)
     repeats_1t: int = 2  # medians per 1-thread cell (numpy: always 1)
     min_samples: int = 25
-    max_samples: int = 500
+    max_samples: int = 2000
+    max_retries: int = 3  # extra rounds for cells whose every median was contended
+    wait_quiet: float = 10.0  # before each case and retry: wait up to this long for idle CPUs
     min_time: float = 0.3
     warm_calls: int = 3
     warm_time: float = 0.05
@@ -231,6 +236,49 @@ def _set_malloc_steady() -> bool:
         return False
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _read_cpu() -> tuple[int, int] | None:
+    """(busy ticks, all ticks) over all CPUs from /proc/stat (busy: user+nice+system+irq+softirq)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return v[0] + v[1] + v[2] + v[5] + v[6], sum(v[:8])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def contended(m: dict, threads: int) -> bool:
+    """Whether other processes used the CPUs this measurement needed (see ``measure``)."""
+    others = m.get("others_cpu")
+    if others is None:
+        return False
+    free = max((os.cpu_count() or 1) - threads, 0)
+    return others > free + 0.25
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25, interval: float = 0.5) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use < ``threshold`` CPUs; return the wait."""
+    if max_wait <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    while True:
+        c0, s0, a = _read_cpu(), _self_cpu(), time.perf_counter()
+        if c0 is None:
+            return 0.0
+        time.sleep(interval)
+        c1, s1, b = _read_cpu(), _self_cpu(), time.perf_counter()
+        others = max(0.0, (c1[0] - c0[0]) / _CLK_TCK - (s1 - s0)) / (b - a)
+        if others < threshold or b - t0 >= max_wait:
+            return b - t0
+
+
 def _read_steal() -> tuple[int, int]:
     """(steal ticks, total ticks) of the aggregated cpu line of /proc/stat, or (0, 0)."""
     try:
@@ -252,12 +300,18 @@ def _minflt() -> int:
 
 
 def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
-    """Median seconds per call of ``fn()``, with the protocol described in the module docstring."""
+    """Median seconds per call of ``fn()``, with the protocol described in the module docstring.
+
+    Also records ``others_cpu``: CPU-seconds per second that *other* processes used meanwhile
+    (all CPUs' busy time from /proc/stat minus this process's own CPU time), over the warm-up and
+    sampling window; None when the window is too short for the 1/CLK_TCK accounting granularity.
+    """
     max_samples = max_samples or cfg.max_samples
     perf = time.perf_counter
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        cpu0, self0 = _read_cpu(), _self_cpu()
         start = perf()
         calls = 0
         while calls < cfg.warm_calls or perf() - start < cfg.warm_time:
@@ -277,11 +331,19 @@ def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
                 break
         flt1 = _minflt()
         st1 = _read_steal()
+        end = perf()
+        cpu1, self1 = _read_cpu(), _self_cpu()
     finally:
         if was_enabled:
             gc.enable()
     total = st1[1] - st0[1]
+    window = end - start
+    others = None
+    if cpu0 is not None and cpu1 is not None and window >= 0.08:
+        busy = (cpu1[0] - cpu0[0]) / _CLK_TCK
+        others = max(0.0, busy - (self1 - self0)) / window
     return {
+        "others_cpu": others,
         "median": float(np.median(times)),
         "min": float(min(times)),
         "samples": len(times),
@@ -507,6 +569,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(n)
 
+    def add(self, n):
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
@@ -670,7 +737,8 @@ def _meta(cfg: BenchConfig) -> dict:
             "warm_calls": cfg.warm_calls, "warm_time_s": cfg.warm_time,
             "min_samples": cfg.min_samples, "max_samples": cfg.max_samples,
             "min_time_s": cfg.min_time, "repeats_multithread": cfg.repeats, "repeats_1thread": cfg.repeats_1t,
-            "statistic": "median per measurement; multi-thread cells: min of the repeat medians",
+            "statistic": "median per measurement; per cell: min of the interleaved repeat medians",
+            "max_retries": cfg.max_retries, "wait_quiet_s": cfg.wait_quiet,
         },
         "config": {
             "cases": [case_name(s) for s in cfg.cases], "dtypes": list(cfg.dtypes),
@@ -716,21 +784,36 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
     del checks
 
     results = {}  # (threads, pass, impl) -> list of measurement dicts
+    waited = wait_quiet(cfg.wait_quiet)
     for t in cfg.threads:
         _set_threads(t, api, torch, have["bnsym"])
         floor_fn = floor_callable(floor, d, t) if floor is not None else None
+        cells = []  # (key, callable) in the interleaving order of one round
+        for p in cfg.passes:
+            for impl in ("bnsym", "torch"):
+                if impl in fns:
+                    cells.append(((t, p, impl), fns[impl][p]))
+        if floor_fn is not None:
+            cells.append(((t, "floor", "floor"), floor_fn))
         reps = cfg.repeats if t > 1 else cfg.repeats_1t
-        for _rep in range(reps):
-            for p in cfg.passes:
-                for impl in ("bnsym", "torch"):
-                    if impl in fns:
-                        results.setdefault((t, p, impl), []).append(measure(fns[impl][p], cfg))
-                        progress.step()
-                if "numpy" in fns and t == cfg.threads[0] and _rep == 0:
+        for rep in range(reps):
+            for key, fn in cells:
+                results.setdefault(key, []).append(measure(fn, cfg))
+                progress.step()
+            if rep == 0 and "numpy" in fns and t == cfg.threads[0]:
+                for p in cfg.passes:
                     results.setdefault((t, p, "numpy"), []).append(measure(fns["numpy"][p], cfg))
                     progress.step()
-            if floor_fn is not None:
-                results.setdefault((t, "floor", "floor"), []).append(measure(floor_fn, cfg))
+        # Cells whose every median ran while other processes held the CPUs they needed: retry
+        # (after a pause) until one clean median exists, at most max_retries times.
+        for _retry in range(cfg.max_retries):
+            todo = [(k, fn) for k, fn in cells if all(contended(m, t) for m in results[k])]
+            if not todo:
+                break
+            progress.add(len(todo))
+            waited += wait_quiet(cfg.wait_quiet) if cfg.wait_quiet > 0 else (time.sleep(0.5) or 0.5)
+            for key, fn in todo:
+                results[key].append(measure(fn, cfg))
                 progress.step()
 
     numpy_threads = cfg.threads[0] if cfg.threads else 1
@@ -752,14 +835,20 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                 if not ms:
                     row["times"][impl] = None
                     continue
+                clean = [m for m in ms if not contended(m, key[0])]
                 row["times"][impl] = min(m["median"] for m in ms)
                 row["details"][impl] = {
                     "medians": [m["median"] for m in ms],
+                    "others_cpu": [m["others_cpu"] for m in ms],
+                    "contended": [contended(m, key[0]) for m in ms],
+                    "all_contended": not clean,
                     "samples": [m["samples"] for m in ms],
                     "faults_per_call": [m["faults_per_call"] for m in ms],
                     "steal_frac": [m["steal_frac"] for m in ms],
                     "measured_threads": key[0],
                 }
+            row["waited_s"] = waited
+            row["contended"] = any(v.get("all_contended") for k, v in row["details"].items() if k != "numpy")
             _add_ratios(row)
             report["rows"].append(row)
 
@@ -1045,11 +1134,15 @@ def format_report(report: dict) -> str:
     for r in report["rows"]:
         t = r["times"]
         flag = " !" if (r["case"], r["dtype"], r["layout"]) in bad else ""
-        table.append((r["case"], DTYPE_SHORT[r["dtype"]], LAYOUT_LABEL[r["layout"]], f"{r['threads']}",
+        table.append((r["case"], DTYPE_SHORT[r["dtype"]], LAYOUT_LABEL[r["layout"]],
+                      f"{r['threads']}" + ("~" if r.get("contended") else ""),
                       PASS_LABEL[r["pass"]], fmt_us(t.get("bnsym")) + flag, fmt_us(t.get("numpy")),
                       fmt_us(t.get("torch")), fmt_us(t.get("floor")), fmt_ratio(r["bnsym_over_torch"]),
                       fmt_ratio(r["bnsym_over_floor"])))
     lines.extend(_align(table, left=5))
+    if any(r.get("contended") for r in report["rows"]):
+        lines.append("~ other processes held the CPUs during every median of this cell (after retries): "
+                     "treat it with care")
     if bad:
         lines.append("! bnsym output differs from the reference beyond tolerance (see 'checks' in the JSON)")
     summ = report.get("summary", {})
@@ -1293,6 +1386,9 @@ def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:
     p.add_argument("--malloc", choices=["steady", "default"], default="steady",
                    help="steady: no mmap/trim in glibc malloc, so fresh outputs > 32 MiB do not page-fault "
                         "(default); default: leave glibc as it is")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="S",
+                   help="before each case (and each retry), wait up to S seconds until other processes "
+                        "leave the CPUs idle (default 10, 0 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
@@ -1320,6 +1416,10 @@ def config_from_args(ns) -> BenchConfig:
         cfg.max_samples = 100
         if ns.sweep is None or ns.sweep_max == 256.0:
             cfg.sweep_max_bytes = min(cfg.sweep_max_bytes, 1 << 20)
+    if quick:
+        cfg.wait_quiet = 0.0
+    if ns.wait_quiet is not None:
+        cfg.wait_quiet = max(0.0, ns.wait_quiet)
     if ns.repeats is not None:
         cfg.repeats = max(1, ns.repeats)
     if ns.repeats_1t is not None:
