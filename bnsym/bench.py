@@ -703,6 +703,11 @@ def run(cfg: BenchConfig, log=None) -> dict:
     tot = steal1[1] - steal0[1]
     report["meta"]["steal_frac_total"] = ((steal1[0] - steal0[0]) / tot) if tot > 0 else 0.0
     report["meta"]["wall_s"] = time.perf_counter() - t_start
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            report["meta"]["loadavg_end"] = " ".join(fh.read().split()[:3])
+    except OSError:
+        pass
     return report
 
 
@@ -896,6 +901,7 @@ def _run_sweep(cfg, report, api, torch, floor, have, progress):
     for nbytes in sweep_sizes(cfg):
         shape = sweep_shape(nbytes, itemsize)
         progress.desc(f"sweep {case_name(shape)} {DTYPE_SHORT[dt]}")
+        wait_quiet(cfg.wait_quiet)
         d = Data(shape, dt, "nchw", cfg.seed + 1000)
         fns = {}
         if have["bnsym"]:
@@ -937,6 +943,7 @@ def _run_overheads(cfg, api, torch, have) -> dict:
     w = np.ones(c, np.float32)
     b = np.zeros(c, np.float32)
     fns = {}
+    wait_quiet(cfg.wait_quiet)
     if have["bnsym"]:
         api.set_num_threads(1)
         rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
@@ -1197,8 +1204,12 @@ def format_report(report: dict) -> str:
         if report["meta"]["config"]["quick"] or report["meta"]["config"]["cases"] != [case_name(c) for c in DEFAULT_CASES]:
             lines.append("  (subset of the cases: the targets are checked on the cells measured here)")
     lines.append("")
-    lines.append(f"wall time {report['meta'].get('wall_s', 0):.0f} s; host steal during the run "
-                 f"{report['meta'].get('steal_frac_total', 0) * 100:.1f}%")
+    ncont = sum(1 for r in report["rows"] if r.get("contended"))
+    waited = sum({(r["case"], r["dtype"], r["layout"]): r.get("waited_s", 0) for r in report["rows"]}.values())
+    lines.append(f"wall time {report['meta'].get('wall_s', 0):.0f} s (of which {waited:.0f} s waiting for idle CPUs); "
+                 f"host steal {report['meta'].get('steal_frac_total', 0) * 100:.1f}%; "
+                 f"load average at the end {report['meta'].get('loadavg_end', '?')}; "
+                 f"{ncont} of {len(report['rows'])} cells contended")
     return "\n".join(lines)
 
 
