@@ -304,8 +304,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         py = fb(ct, out if perm is None else out.transpose(perm))
         if x is not x0:  # the kernel reads a copy: check out against the caller's array too
             _checks.no_overlap([("out", out)], [("input", x0)])
-        _overlap("out", py, (("input", px), ("weight", pw), ("bias", pb),
-                             ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
+        if not _distinct_allocations(out, x, w, b, rm, rv):
+            _overlap("out", py, (("input", px), ("weight", pw), ("bias", pb),
+                                 ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
     N = shape[0]
     if training:
         if (rm is not None and rv is not None
@@ -349,6 +350,20 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         raise RuntimeError(f"bnsym: forward_eval failed (code {rc})")
     e = _EMPTY[dt]
     return out, e, e, False
+
+
+def _distinct_allocations(out, x, w, b, rm, rv) -> bool:
+    """True when ``out`` owns its memory and so does every other operand, ``out`` being either
+    exactly ``x`` (in place) or a different array: then nothing can overlap (the common case,
+    decided without building pointers)."""
+    if not out.flags.owndata:
+        return False
+    if x is not out and not x.flags.owndata:
+        return False
+    for a in (w, b, rm, rv):
+        if a is not None and (a is out or not a.flags.owndata):
+            return False
+    return True
 
 
 def _overlap(wname, w, operands, NULL, alias=None):
