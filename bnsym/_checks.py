@@ -14,6 +14,9 @@ import numbers
 
 import numpy as np
 
+# numpy.exceptions exists from NumPy 1.25; the project allows 1.24.
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)
+
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 SUPPORTED = (F32, F64)
@@ -231,7 +234,7 @@ def no_overlap(written, operands, allow_alias=()) -> None:
             try:
                 if not np.shares_memory(w, o, max_work=10**6):
                     continue
-            except np.exceptions.TooHardError:
+            except _TooHardError:
                 pass  # assume the worst
             extra = ""
             if (wname, oname) in allow_alias or (oname, wname) in allow_alias:
