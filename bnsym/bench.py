@@ -969,17 +969,20 @@ def _run_overheads(cfg, api, torch, have) -> dict:
     return out
 
 
+# numpy first (a caller has it loaded to make the arrays), then bnsym up to its first result:
+# ``import bnsym`` is lazy, so the meaningful cost is import + loading the cached compiled module.
 _IMPORT_CODE = r"""
 import json, time
 t0 = time.perf_counter()
-import bnsym
-t1 = time.perf_counter()
 import numpy as np
+t1 = time.perf_counter()
+import bnsym
+t2 = time.perf_counter()
 x = np.arange(32, dtype=np.float32).reshape(4, 8)
 bnsym.batch_norm(x, np.zeros(8, np.float32), np.ones(8, np.float32), None, None, True)
-t2 = time.perf_counter()
+t3 = time.perf_counter()
 import sys
-print(json.dumps({"import_s": t1 - t0, "ready_s": t2 - t0,
+print(json.dumps({"numpy_s": t1 - t0, "import_s": t2 - t1, "ready_s": t3 - t1, "total_s": t3 - t0,
                   "sympy": "sympy" in sys.modules, "jinja2": "jinja2" in sys.modules}))
 """
 
@@ -1006,6 +1009,8 @@ def measure_import_time(runs: int = 5) -> dict:
     return {
         "import_s": float(np.median([r["import_s"] for r in res])),
         "ready_s": float(np.median([r["ready_s"] for r in res])),
+        "numpy_s": float(np.median([r["numpy_s"] for r in res])),
+        "total_s": float(np.median([r["total_s"] for r in res])),
         "runs": len(res),
         "sympy_loaded": any(r["sympy"] for r in res),
         "jinja2_loaded": any(r["jinja2"] for r in res),
@@ -1023,7 +1028,7 @@ def measure_compile_time() -> dict:
             return {"error": str(exc)}
         wall = time.perf_counter() - t0
         files = [p.name for p in Path(tmp).rglob("*") if p.is_file()]
-    return {"first_use_s": r["ready_s"], "wall_s": wall, "cache_files": len(files)}
+    return {"first_use_s": r["total_s"], "wall_s": wall, "cache_files": len(files)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1086,10 +1091,11 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
         "" if r is None else f"bnsym {tb * 1e6:.2f} us, torch {tt * 1e6:.2f} us")
     imp = oh.get("import", {})
     v = imp.get("ready_s")
-    add("import", f"import bnsym + first call (cached module) < {TARGETS['import_s'] * 1e3:.0f} ms",
+    add("import", f"import bnsym + first call, cached module, numpy preloaded < {TARGETS['import_s'] * 1e3:.0f} ms",
         v, TARGETS["import_s"], None if v is None else v < TARGETS["import_s"],
         imp.get("error", "") if v is None else
-        f"bare 'import bnsym' {imp['import_s'] * 1e3:.1f} ms; sympy loaded: {imp['sympy_loaded']}")
+        f"bare 'import bnsym' {imp['import_s'] * 1e3:.1f} ms, numpy import {imp['numpy_s'] * 1e3:.0f} ms; "
+        f"sympy loaded: {imp['sympy_loaded']}")
     comp = oh.get("compile", {})
     v = comp.get("first_use_s")
     add("compile", f"first-use compile (empty cache) < {TARGETS['compile_s']:.0f} s", v, TARGETS["compile_s"],
@@ -1179,8 +1185,10 @@ def format_report(report: dict) -> str:
                          f"torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
         imp = oh.get("import")
         if imp and "error" not in imp:
-            lines.append(f"  fresh interpreter: import bnsym {imp['import_s'] * 1e3:.1f} ms, import + first call "
-                         f"{imp['ready_s'] * 1e3:.1f} ms (median of {imp['runs']}, cached module)")
+            lines.append(f"  fresh interpreter (median of {imp['runs']}, cached module): import numpy "
+                         f"{imp['numpy_s'] * 1e3:.1f} ms, then import bnsym {imp['import_s'] * 1e3:.1f} ms, "
+                         f"import bnsym + first call {imp['ready_s'] * 1e3:.1f} ms; all from scratch "
+                         f"{imp['total_s'] * 1e3:.1f} ms")
         comp = oh.get("compile")
         if comp and "error" not in comp:
             lines.append(f"  first use with an empty cache: {comp['first_use_s']:.1f} s "
