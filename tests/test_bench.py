@@ -260,3 +260,15 @@ def test_cli_dispatch_and_module_help():
     assert exc.value.code == 0
     proc = subprocess.run([sys.executable, "-m", "bnsym.bench", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--quick" in proc.stdout
+
+
+def test_measure_and_contention_flags():
+    cfg = bench.BenchConfig(min_samples=5, min_time=0.0, warm_calls=1, warm_time=0.0)
+    m = bench.measure(lambda: None, cfg)
+    assert m["samples"] >= 5 and m["median"] >= 0 and m["median"] >= m["min"]
+    assert set(m) >= {"median", "min", "samples", "faults_per_call", "steal_frac", "others_cpu"}
+    ncpu = __import__("os").cpu_count() or 1
+    assert bench.contended({"others_cpu": None}, 1) is False
+    assert bench.contended({"others_cpu": 0.0}, ncpu) is False
+    assert bench.contended({"others_cpu": float(ncpu)}, 1) is True
+    assert bench.wait_quiet(0) == 0.0
