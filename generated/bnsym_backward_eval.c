@@ -142,61 +142,54 @@ static void bnsym_backward_eval_f32_channel(const bnsym_backward_eval_f32_ctx *a
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. Per tile of BNSYM_LANES lanes, each
- * lane sums BNSYM_GROUP terms in float, then adds that partial sum in double. */
+ * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
+ * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
+ * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
-    int64_t t, j;
-    for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
-        int64_t q0;
-        double bn_acc0[BNSYM_LANES];
-        double bn_acc1[BNSYM_LANES];
-        const float *bn_lane_running_mean_v = p->lane + 0 * L + t;
-        const float *bn_grad_output = a->grad_output + base + t;
-        const float *bn_x = a->x + base + t;
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            bn_acc0[j] = 0.0;
-            bn_acc1[j] = 0.0;
-        }
-        for (q0 = 0; q0 + BNSYM_GROUP <= nq; q0 += BNSYM_GROUP) {
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const float running_mean_v = bn_lane_running_mean_v[j];
-                float bn_s0 = 0;
-                float bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < BNSYM_GROUP; ++g) {
-                    const float dy = bn_grad_output[(q0 + g) * qstride + j];
-                    const float x_v = bn_x[(q0 + g) * qstride + j];
-                    bn_s0 += dy*(-running_mean_v + x_v);
-                    bn_s1 += dy;
+    int64_t q0, t, j;
+    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const float *bn_lane_running_mean_v = p->lane + 0 * L + t;
+            const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
+            const float *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == BNSYM_GROUP) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float running_mean_v = bn_lane_running_mean_v[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                        const float dy = bn_grad_output[g * qstride + j];
+                        const float x_v = bn_x[g * qstride + j];
+                        bn_s0 += dy*(-running_mean_v + x_v);
+                        bn_s1 += dy;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
-            }
-        }
-        if (q0 < nq) {
-            const int64_t gn = nq - q0;
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const float running_mean_v = bn_lane_running_mean_v[j];
-                float bn_s0 = 0;
-                float bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < gn; ++g) {
-                    const float dy = bn_grad_output[(q0 + g) * qstride + j];
-                    const float x_v = bn_x[(q0 + g) * qstride + j];
-                    bn_s0 += dy*(-running_mean_v + x_v);
-                    bn_s1 += dy;
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float running_mean_v = bn_lane_running_mean_v[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const float dy = bn_grad_output[g * qstride + j];
+                        const float x_v = bn_x[g * qstride + j];
+                        bn_s0 += dy*(-running_mean_v + x_v);
+                        bn_s1 += dy;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
             }
-        }
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            p->acc[0 * L + t + j] += bn_acc0[j];
-            p->acc[1 * L + t + j] += bn_acc1[j];
         }
     }
     {
@@ -738,61 +731,54 @@ static void bnsym_backward_eval_f64_channel(const bnsym_backward_eval_f64_ctx *a
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. Per tile of BNSYM_LANES lanes, each
- * lane sums BNSYM_GROUP terms in double, then adds that partial sum in double. */
+ * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
+ * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
+ * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
-    int64_t t, j;
-    for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
-        int64_t q0;
-        double bn_acc0[BNSYM_LANES];
-        double bn_acc1[BNSYM_LANES];
-        const double *bn_lane_running_mean_v = p->lane + 0 * L + t;
-        const double *bn_grad_output = a->grad_output + base + t;
-        const double *bn_x = a->x + base + t;
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            bn_acc0[j] = 0.0;
-            bn_acc1[j] = 0.0;
-        }
-        for (q0 = 0; q0 + BNSYM_GROUP <= nq; q0 += BNSYM_GROUP) {
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const double running_mean_v = bn_lane_running_mean_v[j];
-                double bn_s0 = 0;
-                double bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < BNSYM_GROUP; ++g) {
-                    const double dy = bn_grad_output[(q0 + g) * qstride + j];
-                    const double x_v = bn_x[(q0 + g) * qstride + j];
-                    bn_s0 += dy*(-running_mean_v + x_v);
-                    bn_s1 += dy;
+    int64_t q0, t, j;
+    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const double *bn_lane_running_mean_v = p->lane + 0 * L + t;
+            const double *bn_grad_output = a->grad_output + base + q0 * qstride + t;
+            const double *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == BNSYM_GROUP) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const double running_mean_v = bn_lane_running_mean_v[j];
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                        const double dy = bn_grad_output[g * qstride + j];
+                        const double x_v = bn_x[g * qstride + j];
+                        bn_s0 += dy*(-running_mean_v + x_v);
+                        bn_s1 += dy;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
-            }
-        }
-        if (q0 < nq) {
-            const int64_t gn = nq - q0;
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const double running_mean_v = bn_lane_running_mean_v[j];
-                double bn_s0 = 0;
-                double bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < gn; ++g) {
-                    const double dy = bn_grad_output[(q0 + g) * qstride + j];
-                    const double x_v = bn_x[(q0 + g) * qstride + j];
-                    bn_s0 += dy*(-running_mean_v + x_v);
-                    bn_s1 += dy;
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const double running_mean_v = bn_lane_running_mean_v[j];
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const double dy = bn_grad_output[g * qstride + j];
+                        const double x_v = bn_x[g * qstride + j];
+                        bn_s0 += dy*(-running_mean_v + x_v);
+                        bn_s1 += dy;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
             }
-        }
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            p->acc[0 * L + t + j] += bn_acc0[j];
-            p->acc[1 * L + t + j] += bn_acc1[j];
         }
     }
     {

@@ -208,60 +208,53 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. Per tile of BNSYM_LANES lanes, each
- * lane sums BNSYM_GROUP terms in float, then adds that partial sum in double. */
+ * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
+ * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
+ * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
-    int64_t t, j;
-    for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
-        int64_t q0;
-        double bn_acc0[BNSYM_LANES];
-        double bn_acc1[BNSYM_LANES];
-        const float *bn_lane_bn_shift0 = p->lane + 0 * L + t;
-        const float *bn_x = a->x + base + t;
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            bn_acc0[j] = 0.0;
-            bn_acc1[j] = 0.0;
-        }
-        for (q0 = 0; q0 + BNSYM_GROUP <= nq; q0 += BNSYM_GROUP) {
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const float bn_shift0 = bn_lane_bn_shift0[j];
-                float bn_s0 = 0;
-                float bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < BNSYM_GROUP; ++g) {
-                    const float x_v = bn_x[(q0 + g) * qstride + j];
-                    const float bn_d0 = -bn_shift0 + x_v;
-                    bn_s0 += bn_d0;
-                    bn_s1 += bn_d0*bn_d0;
+    int64_t q0, t, j;
+    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const float *bn_lane_bn_shift0 = p->lane + 0 * L + t;
+            const float *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == BNSYM_GROUP) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                        const float x_v = bn_x[g * qstride + j];
+                        const float bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
-            }
-        }
-        if (q0 < nq) {
-            const int64_t gn = nq - q0;
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const float bn_shift0 = bn_lane_bn_shift0[j];
-                float bn_s0 = 0;
-                float bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < gn; ++g) {
-                    const float x_v = bn_x[(q0 + g) * qstride + j];
-                    const float bn_d0 = -bn_shift0 + x_v;
-                    bn_s0 += bn_d0;
-                    bn_s1 += bn_d0*bn_d0;
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const float x_v = bn_x[g * qstride + j];
+                        const float bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
             }
-        }
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            p->acc[0 * L + t + j] += bn_acc0[j];
-            p->acc[1 * L + t + j] += bn_acc1[j];
         }
     }
     {
@@ -894,60 +887,53 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. Per tile of BNSYM_LANES lanes, each
- * lane sums BNSYM_GROUP terms in double, then adds that partial sum in double. */
+ * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
+ * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
+ * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
-    int64_t t, j;
-    for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
-        int64_t q0;
-        double bn_acc0[BNSYM_LANES];
-        double bn_acc1[BNSYM_LANES];
-        const double *bn_lane_bn_shift0 = p->lane + 0 * L + t;
-        const double *bn_x = a->x + base + t;
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            bn_acc0[j] = 0.0;
-            bn_acc1[j] = 0.0;
-        }
-        for (q0 = 0; q0 + BNSYM_GROUP <= nq; q0 += BNSYM_GROUP) {
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const double bn_shift0 = bn_lane_bn_shift0[j];
-                double bn_s0 = 0;
-                double bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < BNSYM_GROUP; ++g) {
-                    const double x_v = bn_x[(q0 + g) * qstride + j];
-                    const double bn_d0 = -bn_shift0 + x_v;
-                    bn_s0 += bn_d0;
-                    bn_s1 += bn_d0*bn_d0;
+    int64_t q0, t, j;
+    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const double *bn_lane_bn_shift0 = p->lane + 0 * L + t;
+            const double *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == BNSYM_GROUP) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const double bn_shift0 = bn_lane_bn_shift0[j];
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                        const double x_v = bn_x[g * qstride + j];
+                        const double bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
-            }
-        }
-        if (q0 < nq) {
-            const int64_t gn = nq - q0;
-            BNSYM_SIMD
-            for (j = 0; j < BNSYM_LANES; ++j) {
-                const double bn_shift0 = bn_lane_bn_shift0[j];
-                double bn_s0 = 0;
-                double bn_s1 = 0;
-                int64_t g;
-                for (g = 0; g < gn; ++g) {
-                    const double x_v = bn_x[(q0 + g) * qstride + j];
-                    const double bn_d0 = -bn_shift0 + x_v;
-                    bn_s0 += bn_d0;
-                    bn_s1 += bn_d0*bn_d0;
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const double bn_shift0 = bn_lane_bn_shift0[j];
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const double x_v = bn_x[g * qstride + j];
+                        const double bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
-                bn_acc0[j] += (double)bn_s0;
-                bn_acc1[j] += (double)bn_s1;
             }
-        }
-        for (j = 0; j < BNSYM_LANES; ++j) {
-            p->acc[0 * L + t + j] += bn_acc0[j];
-            p->acc[1 * L + t + j] += bn_acc1[j];
         }
     }
     {
