@@ -31,6 +31,8 @@
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
+/* Widest lane count reduced tile by tile in registers (wider rows go row by row). */
+#define BNSYM_TILED_MAX 64
 /* Terms a lane sums in the array type before adding the partial sum in double. */
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */
@@ -88,12 +90,13 @@ typedef struct {
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
+    float *psum; /* [2][L] partial sums of wide rows */
 } bnsym_backward_eval_f32_part;
 
 static size_t bnsym_backward_eval_f32_part_size(int64_t L, int64_t LC)
 {
     const size_t n = (size_t)(0 + 0 + 2 + 0 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)1 * (size_t)L * sizeof(float) + 7) / 8;
+        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     return (n + 15) / 8 * 8; /* whole cache lines between threads */
 }
 
@@ -107,6 +110,7 @@ static void bnsym_backward_eval_f32_part_init(bnsym_backward_eval_f32_part *p, d
     p->bacc = p->shift + 0 * LC;
     p->acc = p->bacc + 2 * LC;
     p->lane = (float *)(p->acc + 2 * L);
+    p->psum = p->lane + 1 * L;
 }
 
 static void bnsym_backward_eval_f32_part_reset(bnsym_backward_eval_f32_part *p, int64_t LC)
@@ -148,7 +152,36 @@ static void bnsym_backward_eval_f32_channel(const bnsym_backward_eval_f32_ctx *a
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
+    const int64_t nq_all = nq;
     int64_t q0, t, j;
+    if (L > BNSYM_TILED_MAX) {
+        /* wide rows: row by row over all L lanes, the partial sums in memory (L1) */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g;
+            for (j = 0; j < 2 * L; ++j)
+                p->psum[j] = 0;
+            for (g = 0; g < gn; ++g) {
+                float *bn_s0 = p->psum + 0 * L;
+                float *bn_s1 = p->psum + 1 * L;
+                const float *bn_lane_running_mean_v = p->lane + 0 * L;
+                const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const float running_mean_v = bn_lane_running_mean_v[j];
+                    const float dy = bn_grad_output[j];
+                    const float x_v = bn_x[j];
+                    bn_s0[j] += dy*(-running_mean_v + x_v);
+                    bn_s1[j] += dy;
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j)
+                p->acc[j] += (double)p->psum[j];
+        }
+        nq = 0; /* done; only the tail is left */
+    }
     for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
         const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
@@ -193,8 +226,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
         }
     }
     {
-        const float *bn_grad_output = a->grad_output + base + nq * qstride;
-        const float *bn_x = a->x + base + nq * qstride;
+        const float *bn_grad_output = a->grad_output + base + nq_all * qstride;
+        const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const float running_mean_v = p->lane[0 * L + j];
             const float dy = bn_grad_output[j];
@@ -677,12 +710,13 @@ typedef struct {
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum; /* [2][L] partial sums of wide rows */
 } bnsym_backward_eval_f64_part;
 
 static size_t bnsym_backward_eval_f64_part_size(int64_t L, int64_t LC)
 {
     const size_t n = (size_t)(0 + 0 + 2 + 0 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)1 * (size_t)L * sizeof(double) + 7) / 8;
+        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
     return (n + 15) / 8 * 8; /* whole cache lines between threads */
 }
 
@@ -696,6 +730,7 @@ static void bnsym_backward_eval_f64_part_init(bnsym_backward_eval_f64_part *p, d
     p->bacc = p->shift + 0 * LC;
     p->acc = p->bacc + 2 * LC;
     p->lane = (double *)(p->acc + 2 * L);
+    p->psum = p->lane + 1 * L;
 }
 
 static void bnsym_backward_eval_f64_part_reset(bnsym_backward_eval_f64_part *p, int64_t LC)
@@ -737,7 +772,36 @@ static void bnsym_backward_eval_f64_channel(const bnsym_backward_eval_f64_ctx *a
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
+    const int64_t nq_all = nq;
     int64_t q0, t, j;
+    if (L > BNSYM_TILED_MAX) {
+        /* wide rows: row by row over all L lanes, the partial sums in memory (L1) */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g;
+            for (j = 0; j < 2 * L; ++j)
+                p->psum[j] = 0;
+            for (g = 0; g < gn; ++g) {
+                double *bn_s0 = p->psum + 0 * L;
+                double *bn_s1 = p->psum + 1 * L;
+                const double *bn_lane_running_mean_v = p->lane + 0 * L;
+                const double *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
+                const double *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const double running_mean_v = bn_lane_running_mean_v[j];
+                    const double dy = bn_grad_output[j];
+                    const double x_v = bn_x[j];
+                    bn_s0[j] += dy*(-running_mean_v + x_v);
+                    bn_s1[j] += dy;
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j)
+                p->acc[j] += (double)p->psum[j];
+        }
+        nq = 0; /* done; only the tail is left */
+    }
     for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
         const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
@@ -782,8 +846,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
         }
     }
     {
-        const double *bn_grad_output = a->grad_output + base + nq * qstride;
-        const double *bn_x = a->x + base + nq * qstride;
+        const double *bn_grad_output = a->grad_output + base + nq_all * qstride;
+        const double *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const double running_mean_v = p->lane[0 * L + j];
             const double dy = bn_grad_output[j];

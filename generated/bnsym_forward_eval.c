@@ -31,6 +31,8 @@
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
+/* Widest lane count reduced tile by tile in registers (wider rows go row by row). */
+#define BNSYM_TILED_MAX 64
 /* Terms a lane sums in the array type before adding the partial sum in double. */
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */

@@ -31,6 +31,8 @@
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
+/* Widest lane count reduced tile by tile in registers (wider rows go row by row). */
+#define BNSYM_TILED_MAX 64
 /* Terms a lane sums in the array type before adding the partial sum in double. */
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */
@@ -133,12 +135,13 @@ typedef struct {
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
+    float *psum; /* [2][L] partial sums of wide rows */
 } bnsym_forward_train_f32_part;
 
 static size_t bnsym_forward_train_f32_part_size(int64_t L, int64_t LC)
 {
     const size_t n = (size_t)(1 + 1 + 0 + 1 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)1 * (size_t)L * sizeof(float) + 7) / 8;
+        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     return (n + 15) / 8 * 8; /* whole cache lines between threads */
 }
 
@@ -152,6 +155,7 @@ static void bnsym_forward_train_f32_part_init(bnsym_forward_train_f32_part *p, d
     p->bacc = p->shift + 1 * LC;
     p->acc = p->bacc + 2 * LC;
     p->lane = (float *)(p->acc + 2 * L);
+    p->psum = p->lane + 1 * L;
 }
 
 static void bnsym_forward_train_f32_part_reset(bnsym_forward_train_f32_part *p, int64_t LC)
@@ -214,7 +218,35 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
 static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
+    const int64_t nq_all = nq;
     int64_t q0, t, j;
+    if (L > BNSYM_TILED_MAX) {
+        /* wide rows: row by row over all L lanes, the partial sums in memory (L1) */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g;
+            for (j = 0; j < 2 * L; ++j)
+                p->psum[j] = 0;
+            for (g = 0; g < gn; ++g) {
+                float *bn_s0 = p->psum + 0 * L;
+                float *bn_s1 = p->psum + 1 * L;
+                const float *bn_lane_bn_shift0 = p->lane + 0 * L;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    const float x_v = bn_x[j];
+                    const float bn_d0 = -bn_shift0 + x_v;
+                    bn_s0[j] += bn_d0;
+                    bn_s1[j] += bn_d0*bn_d0;
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j)
+                p->acc[j] += (double)p->psum[j];
+        }
+        nq = 0; /* done; only the tail is left */
+    }
     for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
         const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
@@ -258,7 +290,7 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
         }
     }
     {
-        const float *bn_x = a->x + base + nq * qstride;
+        const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const float bn_shift0 = p->lane[0 * L + j];
             const float x_v = bn_x[j];
@@ -812,12 +844,13 @@ typedef struct {
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum; /* [2][L] partial sums of wide rows */
 } bnsym_forward_train_f64_part;
 
 static size_t bnsym_forward_train_f64_part_size(int64_t L, int64_t LC)
 {
     const size_t n = (size_t)(1 + 1 + 0 + 1 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)1 * (size_t)L * sizeof(double) + 7) / 8;
+        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
     return (n + 15) / 8 * 8; /* whole cache lines between threads */
 }
 
@@ -831,6 +864,7 @@ static void bnsym_forward_train_f64_part_init(bnsym_forward_train_f64_part *p, d
     p->bacc = p->shift + 1 * LC;
     p->acc = p->bacc + 2 * LC;
     p->lane = (double *)(p->acc + 2 * L);
+    p->psum = p->lane + 1 * L;
 }
 
 static void bnsym_forward_train_f64_part_reset(bnsym_forward_train_f64_part *p, int64_t LC)
@@ -893,7 +927,35 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
 static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
+    const int64_t nq_all = nq;
     int64_t q0, t, j;
+    if (L > BNSYM_TILED_MAX) {
+        /* wide rows: row by row over all L lanes, the partial sums in memory (L1) */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g;
+            for (j = 0; j < 2 * L; ++j)
+                p->psum[j] = 0;
+            for (g = 0; g < gn; ++g) {
+                double *bn_s0 = p->psum + 0 * L;
+                double *bn_s1 = p->psum + 1 * L;
+                const double *bn_lane_bn_shift0 = p->lane + 0 * L;
+                const double *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const double bn_shift0 = bn_lane_bn_shift0[j];
+                    const double x_v = bn_x[j];
+                    const double bn_d0 = -bn_shift0 + x_v;
+                    bn_s0[j] += bn_d0;
+                    bn_s1[j] += bn_d0*bn_d0;
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j)
+                p->acc[j] += (double)p->psum[j];
+        }
+        nq = 0; /* done; only the tail is left */
+    }
     for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
         const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
@@ -937,7 +999,7 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
         }
     }
     {
-        const double *bn_x = a->x + base + nq * qstride;
+        const double *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const double bn_shift0 = p->lane[0 * L + j];
             const double x_v = bn_x[j];
