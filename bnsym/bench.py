@@ -115,7 +115,7 @@ class BenchConfig:
     min_samples: int = 25
     max_samples: int = 2000
     max_retries: int = 3  # extra rounds for cells whose every median was contended
-    wait_quiet: float = 10.0  # before each case and retry: wait up to this long for idle CPUs
+    wait_quiet: float = 5.0  # before each case and retry: wait up to this long for idle CPUs
     min_time: float = 0.3
     warm_calls: int = 3
     warm_time: float = 0.05
@@ -1407,7 +1407,7 @@ def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:
                         "(default); default: leave glibc as it is")
     p.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                    help="before each case (and each retry), wait up to S seconds until other processes "
-                        "leave the CPUs idle (default 10, 0 with --quick)")
+                        "leave the CPUs idle (default 5, 0 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
