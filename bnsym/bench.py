@@ -735,6 +735,7 @@ def _meta(cfg: BenchConfig) -> dict:
         pass
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "units": "times and medians in seconds per call; sweep in ns per element; ratios are time ratios",
         "bnsym": version, "python": platform.python_version(), "numpy": np.__version__,
         "cffi": cffi.__version__, "machine": platform.machine(), "cpu": model,
         "cpus": os.cpu_count(), "cflags": cflags, "ldflags": ldflags, "cpu_key": cpu,
