@@ -85,48 +85,49 @@ typedef struct {
     float *coef; /* element-pass coefficients, [4][C] */
 } bnsym_backward_train_f32_ctx;
 
-/* A thread's partial reduction over LC channels, with lane scratch of L lanes. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
 typedef struct {
-    double n;      /* values per channel merged so far */
-    double *mean;  /* [0][LC] */
-    double *m2;    /* [0][LC] sum of squared deviations */
-    double *sum;   /* [2][LC] */
+    double *cnt;   /* [C] values merged per channel */
+    double *mean;  /* [0][C] */
+    double *m2;    /* [0][C] sum of squared deviations from the mean */
+    double *sum;   /* [2][C] */
+} bnsym_backward_train_f32_state;
+
+/* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
+typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
     float *psum; /* [2][L] partial sums of wide rows */
-} bnsym_backward_train_f32_part;
+} bnsym_backward_train_f32_scratch;
 
-static size_t bnsym_backward_train_f32_part_size(int64_t L, int64_t LC)
+/* Doubles for one state and one scratch, in whole cache lines. */
+static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(0 + 0 + 2 + 0 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
-    return (n + 15) / 8 * 8; /* whole cache lines between threads */
+    const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
+        + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
+        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    return (n + 15) / 8 * 8;
 }
 
-static void bnsym_backward_train_f32_part_init(bnsym_backward_train_f32_part *p, double *buf, int64_t L, int64_t LC)
+static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *st, bnsym_backward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
+    int64_t LC)
 {
     int64_t j;
-    p->n = 0.0;
-    p->mean = buf;
-    p->m2 = p->mean + 0 * LC;
-    p->sum = p->m2 + 0 * LC;
-    p->shift = p->sum + 2 * LC;
-    p->bacc = p->shift + 0 * LC;
-    p->acc = p->bacc + 2 * LC;
-    p->lane = (float *)(p->acc + 2 * L);
-    p->psum = p->lane + 1 * L;
+    st->cnt = buf;
+    st->mean = st->cnt + C;
+    st->m2 = st->mean + 0 * C;
+    st->sum = st->m2 + 0 * C;
+    sc->shift = st->sum + 2 * C;
+    sc->bacc = sc->shift + 0 * LC;
+    sc->acc = sc->bacc + 2 * LC;
+    sc->lane = (float *)(sc->acc + 2 * L);
+    sc->psum = sc->lane + 1 * L;
+    for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
+        st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        p->psum[j] = 0;
-}
-
-static void bnsym_backward_train_f32_part_reset(bnsym_backward_train_f32_part *p, int64_t LC)
-{
-    int64_t j;
-    p->n = 0.0;
-    for (j = 0; j < (0 + 0 + 2) * LC; ++j)
-        p->mean[j] = 0.0;
+        sc->psum[j] = 0;
 }
 
 /* Per-channel inputs of the reductions (known before them). */
@@ -164,7 +165,7 @@ static void bnsym_backward_train_f32_channel(const bnsym_backward_train_f32_ctx 
  * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
  * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
  * (registers), then adds that partial sum to its double accumulator. */
-static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
+static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
@@ -281,7 +282,7 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
 }
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
-static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_part *p, int64_t base, int64_t nseg,
+static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
 {
     int64_t g, j, u, c;
@@ -298,42 +299,47 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
     (void)seg_len;
 }
 
-/* One block: nseg segments of seg_len values, stride apart (lanes: L, channel = lane % LC),
- * summed in one pass from cache-resident data, merged into the partial. */
-static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_part *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+/* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
+ * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * shift (the channel's running mean, or the mean of the block's first values), summed again
+ * with a better shift if the first one was too far off, then merged into the state. */
+static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_state *st, int64_t c0, bnsym_backward_train_f32_scratch *p,
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
 {
+    const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
     bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, nq, tail);
-    for (c = 0; c < LC; ++c)
-        p->sum[0 * LC + c] += p->bacc[0 * LC + c];
-    for (c = 0; c < LC; ++c)
-        p->sum[1 * LC + c] += p->bacc[1 * LC + c];
-    p->n += bn;
-}
-
-/* dst += src (Chan's merge for the moments, sums added); used in a fixed thread order. */
-static void bnsym_backward_train_f32_part_merge(bnsym_backward_train_f32_part *dst, const bnsym_backward_train_f32_part *src, int64_t LC)
-{
-    int64_t c;
-    if (src->n == 0.0)
-        return;
     for (c = 0; c < LC; ++c) {
-        dst->sum[0 * LC + c] += src->sum[0 * LC + c];
-        dst->sum[1 * LC + c] += src->sum[1 * LC + c];
+        st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
+        st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
+        st->cnt[c0 + c] += bn;
     }
-    dst->n += src->n;
 }
 
-/* The reduction results of channels c0 .. c0 + LC - 1. */
-static void bnsym_backward_train_f32_part_finish(const bnsym_backward_train_f32_ctx *a, const bnsym_backward_train_f32_part *p, int64_t c0, int64_t LC)
+/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
+ * thread order. */
+static void bnsym_backward_train_f32_state_merge(bnsym_backward_train_f32_state *dst, const bnsym_backward_train_f32_state *src, int64_t C)
 {
     int64_t c;
-    for (c = 0; c < LC; ++c) {
-        a->red[0 * a->C + c0 + c] = p->sum[0 * LC + c];
-        a->red[1 * a->C + c0 + c] = p->sum[1 * LC + c];
+    for (c = 0; c < C; ++c) {
+        if (src->cnt[c] == 0.0)
+            continue;
+        dst->sum[0 * C + c] += src->sum[0 * C + c];
+        dst->sum[1 * C + c] += src->sum[1 * C + c];
+        dst->cnt[c] += src->cnt[c];
+    }
+}
+
+/* The reduction results of every channel. */
+static void bnsym_backward_train_f32_state_finish(const bnsym_backward_train_f32_ctx *a, const bnsym_backward_train_f32_state *st)
+{
+    const int64_t C = a->C;
+    int64_t c;
+    for (c = 0; c < C; ++c) {
+        a->red[0 * C + c] = st->sum[0 * C + c];
+        a->red[1 * C + c] = st->sum[1 * C + c];
     }
 }
 
@@ -386,37 +392,39 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     const int64_t L = BNSYM_LANES;
-    const size_t psz = bnsym_backward_train_f32_part_size(L, 1);
-    double *pbuf = NULL;
-    bnsym_backward_train_f32_part *parts = NULL;
+    const size_t wsz = bnsym_backward_train_f32_work_size(C, L, 1);
+    double *wbuf = NULL;
+    bnsym_backward_train_f32_state *st = NULL;
+    bnsym_backward_train_f32_scratch *sc = NULL;
     int t;
-    (void)nblk;
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_backward_train_f32_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_backward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_state));
+        sc = (bnsym_backward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f32_part_init(&parts[t], pbuf + (size_t)t * psz, L, 1);
+            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f32_reduction_inputs(a, c);
     } else
@@ -426,77 +434,41 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f32_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_red) {
-                bnsym_backward_train_f32_part *p = &parts[BNSYM_TID()];
-                int64_t b, j;
-                bnsym_backward_train_f32_part_reset(p, 1);
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_red) {
+            int tt;
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                int64_t j;
                 for (j = 0; j < L; ++j)
-                    p->lane[0 * L + j] = (float)a->rin[0 * C + c];
-                for (b = 0; b < nblk; ++b) {
-                    const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                    const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                    bnsym_backward_train_f32_reduce_block(a, p, (n0 * C + c) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                }
-                (void)j;
-                bnsym_backward_train_f32_part_finish(a, p, c, 1);
-                bnsym_backward_train_f32_channel(a, c);
+                    sc[tid].lane[0 * L + j] = (float)a->rin[0 * C + cu];
+                bnsym_backward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
             }
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_backward_train_f32_elements_ncs(a, c, (n * C + c) * S, S);
+            BNSYM_OMP(omp barrier)
+            BNSYM_OMP(omp single)
+            {
+                for (tt = 0; tt < nthr; ++tt)
+                    bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
+                bnsym_backward_train_f32_state_finish(a, &st[nt]);
+                for (c = 0; c < C; ++c)
+                    bnsym_backward_train_f32_channel(a, c);
+            }
         }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_red) {
-                    bnsym_backward_train_f32_part *p = &parts[tid];
-                    const int64_t b0 = nblk * tid / nthr, b1 = nblk * (tid + 1) / nthr;
-                    int64_t j;
-                    int tt;
-                    bnsym_backward_train_f32_part_reset(p, 1);
-                    for (j = 0; j < L; ++j)
-                        p->lane[0 * L + j] = (float)a->rin[0 * C + cc];
-                    for (b = b0; b < b1; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        bnsym_backward_train_f32_reduce_block(a, p, (n0 * C + cc) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                    }
-                    (void)j;
-                    BNSYM_OMP(omp barrier)
-                    BNSYM_OMP(omp single)
-                    {
-                        bnsym_backward_train_f32_part_reset(&parts[nt], 1);
-                        for (tt = 0; tt < nthr; ++tt)
-                            bnsym_backward_train_f32_part_merge(&parts[nt], &parts[tt], 1);
-                        bnsym_backward_train_f32_part_finish(a, &parts[nt], cc, 1);
-                        bnsym_backward_train_f32_channel(a, cc);
-                    }
-                }
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_backward_train_f32_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_backward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     return 0;
 }
 
@@ -515,34 +487,38 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
-    size_t psz;
-    double *pbuf = NULL;
-    bnsym_backward_train_f32_part *parts = NULL;
+    size_t wsz;
+    double *wbuf = NULL;
+    bnsym_backward_train_f32_state *st = NULL;
+    bnsym_backward_train_f32_scratch *sc = NULL;
     int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
     RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    psz = bnsym_backward_train_f32_part_size(L, C);
+    wsz = bnsym_backward_train_f32_work_size(C, L, C);
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_backward_train_f32_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_backward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_state));
+        sc = (bnsym_backward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f32_part_init(&parts[t], pbuf + (size_t)t * psz, L, C);
+            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f32_reduction_inputs(a, c);
     }
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
-            free(pbuf);
-            free(parts);
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
     }
@@ -565,24 +541,21 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
         if (need_red) {
-            bnsym_backward_train_f32_part *p = &parts[tid];
             int64_t r, jj;
             int tt;
-            bnsym_backward_train_f32_part_reset(p, C);
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    p->lane[0 * L + r + jj] = (float)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = (float)a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_backward_train_f32_reduce_block(a, p, r * C, 1, 0, rows * C, L, C);
+                bnsym_backward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
             {
-                bnsym_backward_train_f32_part_reset(&parts[nt], C);
                 for (tt = 0; tt < nthr; ++tt)
-                    bnsym_backward_train_f32_part_merge(&parts[nt], &parts[tt], C);
-                bnsym_backward_train_f32_part_finish(a, &parts[nt], 0, C);
+                    bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
+                bnsym_backward_train_f32_state_finish(a, &st[nt]);
                 for (jj = 0; jj < C; ++jj)
                     bnsym_backward_train_f32_channel(a, jj);
                 if (need_elem)
@@ -598,8 +571,9 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         if (need_elem)
             bnsym_backward_train_f32_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     free(lanes);
     return 0;
 }
@@ -758,48 +732,49 @@ typedef struct {
     double *coef; /* element-pass coefficients, [4][C] */
 } bnsym_backward_train_f64_ctx;
 
-/* A thread's partial reduction over LC channels, with lane scratch of L lanes. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
 typedef struct {
-    double n;      /* values per channel merged so far */
-    double *mean;  /* [0][LC] */
-    double *m2;    /* [0][LC] sum of squared deviations */
-    double *sum;   /* [2][LC] */
+    double *cnt;   /* [C] values merged per channel */
+    double *mean;  /* [0][C] */
+    double *m2;    /* [0][C] sum of squared deviations from the mean */
+    double *sum;   /* [2][C] */
+} bnsym_backward_train_f64_state;
+
+/* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
+typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum; /* [2][L] partial sums of wide rows */
-} bnsym_backward_train_f64_part;
+} bnsym_backward_train_f64_scratch;
 
-static size_t bnsym_backward_train_f64_part_size(int64_t L, int64_t LC)
+/* Doubles for one state and one scratch, in whole cache lines. */
+static size_t bnsym_backward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(0 + 0 + 2 + 0 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
-    return (n + 15) / 8 * 8; /* whole cache lines between threads */
+    const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
+        + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
+        + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
+    return (n + 15) / 8 * 8;
 }
 
-static void bnsym_backward_train_f64_part_init(bnsym_backward_train_f64_part *p, double *buf, int64_t L, int64_t LC)
+static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *st, bnsym_backward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
+    int64_t LC)
 {
     int64_t j;
-    p->n = 0.0;
-    p->mean = buf;
-    p->m2 = p->mean + 0 * LC;
-    p->sum = p->m2 + 0 * LC;
-    p->shift = p->sum + 2 * LC;
-    p->bacc = p->shift + 0 * LC;
-    p->acc = p->bacc + 2 * LC;
-    p->lane = (double *)(p->acc + 2 * L);
-    p->psum = p->lane + 1 * L;
+    st->cnt = buf;
+    st->mean = st->cnt + C;
+    st->m2 = st->mean + 0 * C;
+    st->sum = st->m2 + 0 * C;
+    sc->shift = st->sum + 2 * C;
+    sc->bacc = sc->shift + 0 * LC;
+    sc->acc = sc->bacc + 2 * LC;
+    sc->lane = (double *)(sc->acc + 2 * L);
+    sc->psum = sc->lane + 1 * L;
+    for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
+        st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        p->psum[j] = 0;
-}
-
-static void bnsym_backward_train_f64_part_reset(bnsym_backward_train_f64_part *p, int64_t LC)
-{
-    int64_t j;
-    p->n = 0.0;
-    for (j = 0; j < (0 + 0 + 2) * LC; ++j)
-        p->mean[j] = 0.0;
+        sc->psum[j] = 0;
 }
 
 /* Per-channel inputs of the reductions (known before them). */
@@ -837,7 +812,7 @@ static void bnsym_backward_train_f64_channel(const bnsym_backward_train_f64_ctx 
  * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
  * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
  * (registers), then adds that partial sum to its double accumulator. */
-static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
+static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
@@ -954,7 +929,7 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
 }
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
-static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_part *p, int64_t base, int64_t nseg,
+static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
 {
     int64_t g, j, u, c;
@@ -971,42 +946,47 @@ static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_c
     (void)seg_len;
 }
 
-/* One block: nseg segments of seg_len values, stride apart (lanes: L, channel = lane % LC),
- * summed in one pass from cache-resident data, merged into the partial. */
-static void bnsym_backward_train_f64_reduce_block(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_part *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+/* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
+ * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * shift (the channel's running mean, or the mean of the block's first values), summed again
+ * with a better shift if the first one was too far off, then merged into the state. */
+static void bnsym_backward_train_f64_reduce_block(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_state *st, int64_t c0, bnsym_backward_train_f64_scratch *p,
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
 {
+    const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
     bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, nq, tail);
-    for (c = 0; c < LC; ++c)
-        p->sum[0 * LC + c] += p->bacc[0 * LC + c];
-    for (c = 0; c < LC; ++c)
-        p->sum[1 * LC + c] += p->bacc[1 * LC + c];
-    p->n += bn;
-}
-
-/* dst += src (Chan's merge for the moments, sums added); used in a fixed thread order. */
-static void bnsym_backward_train_f64_part_merge(bnsym_backward_train_f64_part *dst, const bnsym_backward_train_f64_part *src, int64_t LC)
-{
-    int64_t c;
-    if (src->n == 0.0)
-        return;
     for (c = 0; c < LC; ++c) {
-        dst->sum[0 * LC + c] += src->sum[0 * LC + c];
-        dst->sum[1 * LC + c] += src->sum[1 * LC + c];
+        st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
+        st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
+        st->cnt[c0 + c] += bn;
     }
-    dst->n += src->n;
 }
 
-/* The reduction results of channels c0 .. c0 + LC - 1. */
-static void bnsym_backward_train_f64_part_finish(const bnsym_backward_train_f64_ctx *a, const bnsym_backward_train_f64_part *p, int64_t c0, int64_t LC)
+/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
+ * thread order. */
+static void bnsym_backward_train_f64_state_merge(bnsym_backward_train_f64_state *dst, const bnsym_backward_train_f64_state *src, int64_t C)
 {
     int64_t c;
-    for (c = 0; c < LC; ++c) {
-        a->red[0 * a->C + c0 + c] = p->sum[0 * LC + c];
-        a->red[1 * a->C + c0 + c] = p->sum[1 * LC + c];
+    for (c = 0; c < C; ++c) {
+        if (src->cnt[c] == 0.0)
+            continue;
+        dst->sum[0 * C + c] += src->sum[0 * C + c];
+        dst->sum[1 * C + c] += src->sum[1 * C + c];
+        dst->cnt[c] += src->cnt[c];
+    }
+}
+
+/* The reduction results of every channel. */
+static void bnsym_backward_train_f64_state_finish(const bnsym_backward_train_f64_ctx *a, const bnsym_backward_train_f64_state *st)
+{
+    const int64_t C = a->C;
+    int64_t c;
+    for (c = 0; c < C; ++c) {
+        a->red[0 * C + c] = st->sum[0 * C + c];
+        a->red[1 * C + c] = st->sum[1 * C + c];
     }
 }
 
@@ -1059,37 +1039,39 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     const int64_t L = BNSYM_LANES;
-    const size_t psz = bnsym_backward_train_f64_part_size(L, 1);
-    double *pbuf = NULL;
-    bnsym_backward_train_f64_part *parts = NULL;
+    const size_t wsz = bnsym_backward_train_f64_work_size(C, L, 1);
+    double *wbuf = NULL;
+    bnsym_backward_train_f64_state *st = NULL;
+    bnsym_backward_train_f64_scratch *sc = NULL;
     int t;
-    (void)nblk;
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_backward_train_f64_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_backward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_state));
+        sc = (bnsym_backward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f64_part_init(&parts[t], pbuf + (size_t)t * psz, L, 1);
+            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f64_reduction_inputs(a, c);
     } else
@@ -1099,77 +1081,41 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f64_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_red) {
-                bnsym_backward_train_f64_part *p = &parts[BNSYM_TID()];
-                int64_t b, j;
-                bnsym_backward_train_f64_part_reset(p, 1);
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_red) {
+            int tt;
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                int64_t j;
                 for (j = 0; j < L; ++j)
-                    p->lane[0 * L + j] = (double)a->rin[0 * C + c];
-                for (b = 0; b < nblk; ++b) {
-                    const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                    const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                    bnsym_backward_train_f64_reduce_block(a, p, (n0 * C + c) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                }
-                (void)j;
-                bnsym_backward_train_f64_part_finish(a, p, c, 1);
-                bnsym_backward_train_f64_channel(a, c);
+                    sc[tid].lane[0 * L + j] = (double)a->rin[0 * C + cu];
+                bnsym_backward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
             }
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_backward_train_f64_elements_ncs(a, c, (n * C + c) * S, S);
+            BNSYM_OMP(omp barrier)
+            BNSYM_OMP(omp single)
+            {
+                for (tt = 0; tt < nthr; ++tt)
+                    bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
+                bnsym_backward_train_f64_state_finish(a, &st[nt]);
+                for (c = 0; c < C; ++c)
+                    bnsym_backward_train_f64_channel(a, c);
+            }
         }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_red) {
-                    bnsym_backward_train_f64_part *p = &parts[tid];
-                    const int64_t b0 = nblk * tid / nthr, b1 = nblk * (tid + 1) / nthr;
-                    int64_t j;
-                    int tt;
-                    bnsym_backward_train_f64_part_reset(p, 1);
-                    for (j = 0; j < L; ++j)
-                        p->lane[0 * L + j] = (double)a->rin[0 * C + cc];
-                    for (b = b0; b < b1; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        bnsym_backward_train_f64_reduce_block(a, p, (n0 * C + cc) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                    }
-                    (void)j;
-                    BNSYM_OMP(omp barrier)
-                    BNSYM_OMP(omp single)
-                    {
-                        bnsym_backward_train_f64_part_reset(&parts[nt], 1);
-                        for (tt = 0; tt < nthr; ++tt)
-                            bnsym_backward_train_f64_part_merge(&parts[nt], &parts[tt], 1);
-                        bnsym_backward_train_f64_part_finish(a, &parts[nt], cc, 1);
-                        bnsym_backward_train_f64_channel(a, cc);
-                    }
-                }
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_backward_train_f64_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_backward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     return 0;
 }
 
@@ -1188,34 +1134,38 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
-    size_t psz;
-    double *pbuf = NULL;
-    bnsym_backward_train_f64_part *parts = NULL;
+    size_t wsz;
+    double *wbuf = NULL;
+    bnsym_backward_train_f64_state *st = NULL;
+    bnsym_backward_train_f64_scratch *sc = NULL;
     int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
     RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    psz = bnsym_backward_train_f64_part_size(L, C);
+    wsz = bnsym_backward_train_f64_work_size(C, L, C);
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_backward_train_f64_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_backward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_state));
+        sc = (bnsym_backward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f64_part_init(&parts[t], pbuf + (size_t)t * psz, L, C);
+            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f64_reduction_inputs(a, c);
     }
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
-            free(pbuf);
-            free(parts);
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
     }
@@ -1238,24 +1188,21 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
         if (need_red) {
-            bnsym_backward_train_f64_part *p = &parts[tid];
             int64_t r, jj;
             int tt;
-            bnsym_backward_train_f64_part_reset(p, C);
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    p->lane[0 * L + r + jj] = (double)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = (double)a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_backward_train_f64_reduce_block(a, p, r * C, 1, 0, rows * C, L, C);
+                bnsym_backward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
             {
-                bnsym_backward_train_f64_part_reset(&parts[nt], C);
                 for (tt = 0; tt < nthr; ++tt)
-                    bnsym_backward_train_f64_part_merge(&parts[nt], &parts[tt], C);
-                bnsym_backward_train_f64_part_finish(a, &parts[nt], 0, C);
+                    bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
+                bnsym_backward_train_f64_state_finish(a, &st[nt]);
                 for (jj = 0; jj < C; ++jj)
                     bnsym_backward_train_f64_channel(a, jj);
                 if (need_elem)
@@ -1271,8 +1218,9 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         if (need_elem)
             bnsym_backward_train_f64_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     free(lanes);
     return 0;
 }

@@ -141,55 +141,37 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
         for (c = 0; c < C; ++c)
             bnsym_forward_eval_f32_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_forward_eval_f32_elements_ncs(a, c, (n * C + c) * S, S);
-        }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
     return 0;
@@ -437,55 +419,37 @@ static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_c
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
         for (c = 0; c < C; ++c)
             bnsym_forward_eval_f64_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_forward_eval_f64_elements_ncs(a, c, (n * C + c) * S, S);
-        }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
     return 0;

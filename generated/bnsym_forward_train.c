@@ -131,48 +131,49 @@ typedef struct {
     float *coef; /* element-pass coefficients, [3][C] */
 } bnsym_forward_train_f32_ctx;
 
-/* A thread's partial reduction over LC channels, with lane scratch of L lanes. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
 typedef struct {
-    double n;      /* values per channel merged so far */
-    double *mean;  /* [1][LC] */
-    double *m2;    /* [1][LC] sum of squared deviations */
-    double *sum;   /* [0][LC] */
+    double *cnt;   /* [C] values merged per channel */
+    double *mean;  /* [1][C] */
+    double *m2;    /* [1][C] sum of squared deviations from the mean */
+    double *sum;   /* [0][C] */
+} bnsym_forward_train_f32_state;
+
+/* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
+typedef struct {
     double *shift; /* [1][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
     float *psum; /* [2][L] partial sums of wide rows */
-} bnsym_forward_train_f32_part;
+} bnsym_forward_train_f32_scratch;
 
-static size_t bnsym_forward_train_f32_part_size(int64_t L, int64_t LC)
+/* Doubles for one state and one scratch, in whole cache lines. */
+static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 1 + 0 + 1 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
-    return (n + 15) / 8 * 8; /* whole cache lines between threads */
+    const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
+        + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
+        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    return (n + 15) / 8 * 8;
 }
 
-static void bnsym_forward_train_f32_part_init(bnsym_forward_train_f32_part *p, double *buf, int64_t L, int64_t LC)
+static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st, bnsym_forward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
+    int64_t LC)
 {
     int64_t j;
-    p->n = 0.0;
-    p->mean = buf;
-    p->m2 = p->mean + 1 * LC;
-    p->sum = p->m2 + 1 * LC;
-    p->shift = p->sum + 0 * LC;
-    p->bacc = p->shift + 1 * LC;
-    p->acc = p->bacc + 2 * LC;
-    p->lane = (float *)(p->acc + 2 * L);
-    p->psum = p->lane + 1 * L;
+    st->cnt = buf;
+    st->mean = st->cnt + C;
+    st->m2 = st->mean + 1 * C;
+    st->sum = st->m2 + 1 * C;
+    sc->shift = st->sum + 0 * C;
+    sc->bacc = sc->shift + 1 * LC;
+    sc->acc = sc->bacc + 2 * LC;
+    sc->lane = (float *)(sc->acc + 2 * L);
+    sc->psum = sc->lane + 1 * L;
+    for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
+        st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        p->psum[j] = 0;
-}
-
-static void bnsym_forward_train_f32_part_reset(bnsym_forward_train_f32_part *p, int64_t LC)
-{
-    int64_t j;
-    p->n = 0.0;
-    for (j = 0; j < (1 + 1 + 0) * LC; ++j)
-        p->mean[j] = 0.0;
+        sc->psum[j] = 0;
 }
 
 /* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
@@ -224,7 +225,7 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
  * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
  * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
  * (registers), then adds that partial sum to its double accumulator. */
-static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_part *p, int64_t base, int64_t nq, int64_t qstride,
+static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
@@ -338,7 +339,7 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
 }
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
-static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_part *p, int64_t base, int64_t nseg,
+static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
 {
     int64_t g, j, u, c;
@@ -357,7 +358,7 @@ static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx
 
 /* The per-lane shifts (float) from the per-channel ones, which are rounded to float so that
  * the block's mean is recovered from the shift that was actually subtracted. */
-static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_part *p, int64_t L, int64_t LC)
+static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC)
 {
     int64_t u, c;
     for (c = 0; c < 1 * LC; ++c)
@@ -367,21 +368,24 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_part *p, 
             p->lane[0 * L + u + c] = (float)p->shift[0 * LC + c];
 }
 
-/* One block: nseg segments of seg_len values, stride apart (lanes: L, channel = lane % LC),
- * summed in one pass from cache-resident data, merged into the partial. */
-static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_part *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+/* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
+ * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * shift (the channel's running mean, or the mean of the block's first values), summed again
+ * with a better shift if the first one was too far off, then merged into the state. */
+static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_state *st, int64_t c0, bnsym_forward_train_f32_scratch *p,
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
 {
+    const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    int it;
-    if (p->n > 0.0) {
-        for (c = 0; c < 1 * LC; ++c)
-            p->shift[c] = p->mean[c];
-    } else {
-        /* first block: shift by the mean of its first BNSYM_PREFIX values per channel (or of
-         * its first values when it is shorter) */
+    int it, fresh = 0;
+    for (c = 0; c < LC; ++c)
+        if (st->cnt[c0 + c] == 0.0)
+            fresh = 1;
+    if (fresh) {
+        /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
+         * values when it is shorter) */
         const int64_t nq0 = (nq < (BNSYM_PREFIX * LC + L - 1) / L) ? nq : (BNSYM_PREFIX * LC + L - 1) / L;
         const double cnt = (double)((nq0 > 0 ? nq0 * L : tail) / LC);
         for (c = 0; c < 1 * LC; ++c)
@@ -390,6 +394,11 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         bnsym_forward_train_f32_block_sums(a, p, base, 1, 0, seg_len, L, LC, nq0, nq0 > 0 ? 0 : tail);
         for (c = 0; c < LC; ++c) {
             p->shift[0 * LC + c] = bnsym_stat_mean(p->bacc[0 * LC + c], cnt);
+        }
+    }
+    for (c = 0; c < LC; ++c) {
+        if (st->cnt[c0 + c] > 0.0) {
+            p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
         }
     }
     for (it = 0; it < 2; ++it) {
@@ -407,39 +416,41 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
             p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
         }
     }
-    {
-        const double w = bnsym_stat_weight(p->n, bn);
-        for (c = 0; c < LC; ++c) {
-            bnsym_stat_merge(p->n, w, &p->mean[0 * LC + c], &p->m2[0 * LC + c],
-                bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
-                bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
-        }
+    for (c = 0; c < LC; ++c) {
+        const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
+        bnsym_stat_merge(st->cnt[c0 + c], w, &st->mean[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
+            bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
+            bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
     }
-    p->n += bn;
+    for (c = 0; c < LC; ++c) {
+        st->cnt[c0 + c] += bn;
+    }
 }
 
-/* dst += src (Chan's merge for the moments, sums added); used in a fixed thread order. */
-static void bnsym_forward_train_f32_part_merge(bnsym_forward_train_f32_part *dst, const bnsym_forward_train_f32_part *src, int64_t LC)
+/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
+ * thread order. */
+static void bnsym_forward_train_f32_state_merge(bnsym_forward_train_f32_state *dst, const bnsym_forward_train_f32_state *src, int64_t C)
 {
     int64_t c;
-    double w;
-    if (src->n == 0.0)
-        return;
-    w = bnsym_stat_weight(dst->n, src->n);
-    for (c = 0; c < LC; ++c) {
-        bnsym_stat_merge(dst->n, w, &dst->mean[0 * LC + c], &dst->m2[0 * LC + c],
-            src->mean[0 * LC + c], src->m2[0 * LC + c]);
+    for (c = 0; c < C; ++c) {
+        double w;
+        if (src->cnt[c] == 0.0)
+            continue;
+        w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
+        bnsym_stat_merge(dst->cnt[c], w, &dst->mean[0 * C + c], &dst->m2[0 * C + c],
+            src->mean[0 * C + c], src->m2[0 * C + c]);
+        dst->cnt[c] += src->cnt[c];
     }
-    dst->n += src->n;
 }
 
-/* The reduction results of channels c0 .. c0 + LC - 1. */
-static void bnsym_forward_train_f32_part_finish(const bnsym_forward_train_f32_ctx *a, const bnsym_forward_train_f32_part *p, int64_t c0, int64_t LC)
+/* The reduction results of every channel. */
+static void bnsym_forward_train_f32_state_finish(const bnsym_forward_train_f32_ctx *a, const bnsym_forward_train_f32_state *st)
 {
+    const int64_t C = a->C;
     int64_t c;
-    for (c = 0; c < LC; ++c) {
-        a->red[0 * a->C + c0 + c] = p->mean[0 * LC + c];
-        a->red[1 * a->C + c0 + c] = bnsym_stat_var(p->m2[0 * LC + c], p->n);
+    for (c = 0; c < C; ++c) {
+        a->red[0 * C + c] = st->mean[0 * C + c];
+        a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
     }
 }
 
@@ -485,37 +496,39 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = 1;
     const int need_elem = 1;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     const int64_t L = BNSYM_LANES;
-    const size_t psz = bnsym_forward_train_f32_part_size(L, 1);
-    double *pbuf = NULL;
-    bnsym_forward_train_f32_part *parts = NULL;
+    const size_t wsz = bnsym_forward_train_f32_work_size(C, L, 1);
+    double *wbuf = NULL;
+    bnsym_forward_train_f32_state *st = NULL;
+    bnsym_forward_train_f32_scratch *sc = NULL;
     int t;
-    (void)nblk;
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_forward_train_f32_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_forward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_state));
+        sc = (bnsym_forward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f32_part_init(&parts[t], pbuf + (size_t)t * psz, L, 1);
+            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
@@ -523,73 +536,38 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
         for (c = 0; c < C; ++c)
             bnsym_forward_train_f32_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_red) {
-                bnsym_forward_train_f32_part *p = &parts[BNSYM_TID()];
-                int64_t b, j;
-                bnsym_forward_train_f32_part_reset(p, 1);
-                for (b = 0; b < nblk; ++b) {
-                    const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                    const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                    bnsym_forward_train_f32_reduce_block(a, p, (n0 * C + c) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                }
-                (void)j;
-                bnsym_forward_train_f32_part_finish(a, p, c, 1);
-                bnsym_forward_train_f32_channel(a, c);
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_red) {
+            int tt;
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                bnsym_forward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
             }
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_forward_train_f32_elements_ncs(a, c, (n * C + c) * S, S);
+            BNSYM_OMP(omp barrier)
+            BNSYM_OMP(omp single)
+            {
+                for (tt = 0; tt < nthr; ++tt)
+                    bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
+                bnsym_forward_train_f32_state_finish(a, &st[nt]);
+                for (c = 0; c < C; ++c)
+                    bnsym_forward_train_f32_channel(a, c);
+            }
         }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_red) {
-                    bnsym_forward_train_f32_part *p = &parts[tid];
-                    const int64_t b0 = nblk * tid / nthr, b1 = nblk * (tid + 1) / nthr;
-                    int64_t j;
-                    int tt;
-                    bnsym_forward_train_f32_part_reset(p, 1);
-                    for (b = b0; b < b1; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        bnsym_forward_train_f32_reduce_block(a, p, (n0 * C + cc) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                    }
-                    (void)j;
-                    BNSYM_OMP(omp barrier)
-                    BNSYM_OMP(omp single)
-                    {
-                        bnsym_forward_train_f32_part_reset(&parts[nt], 1);
-                        for (tt = 0; tt < nthr; ++tt)
-                            bnsym_forward_train_f32_part_merge(&parts[nt], &parts[tt], 1);
-                        bnsym_forward_train_f32_part_finish(a, &parts[nt], cc, 1);
-                        bnsym_forward_train_f32_channel(a, cc);
-                    }
-                }
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_forward_train_f32_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     return 0;
 }
 
@@ -608,32 +586,36 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
-    size_t psz;
-    double *pbuf = NULL;
-    bnsym_forward_train_f32_part *parts = NULL;
+    size_t wsz;
+    double *wbuf = NULL;
+    bnsym_forward_train_f32_state *st = NULL;
+    bnsym_forward_train_f32_scratch *sc = NULL;
     int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
     RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    psz = bnsym_forward_train_f32_part_size(L, C);
+    wsz = bnsym_forward_train_f32_work_size(C, L, C);
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_forward_train_f32_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_forward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_state));
+        sc = (bnsym_forward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f32_part_init(&parts[t], pbuf + (size_t)t * psz, L, C);
+            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
     }
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
-            free(pbuf);
-            free(parts);
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
     }
@@ -655,21 +637,18 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
         if (need_red) {
-            bnsym_forward_train_f32_part *p = &parts[tid];
             int64_t r, jj;
             int tt;
-            bnsym_forward_train_f32_part_reset(p, C);
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_forward_train_f32_reduce_block(a, p, r * C, 1, 0, rows * C, L, C);
+                bnsym_forward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
             {
-                bnsym_forward_train_f32_part_reset(&parts[nt], C);
                 for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f32_part_merge(&parts[nt], &parts[tt], C);
-                bnsym_forward_train_f32_part_finish(a, &parts[nt], 0, C);
+                    bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
+                bnsym_forward_train_f32_state_finish(a, &st[nt]);
                 for (jj = 0; jj < C; ++jj)
                     bnsym_forward_train_f32_channel(a, jj);
                 if (need_elem)
@@ -684,8 +663,9 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
         if (need_elem)
             bnsym_forward_train_f32_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     free(lanes);
     return 0;
 }
@@ -872,48 +852,49 @@ typedef struct {
     double *coef; /* element-pass coefficients, [3][C] */
 } bnsym_forward_train_f64_ctx;
 
-/* A thread's partial reduction over LC channels, with lane scratch of L lanes. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
 typedef struct {
-    double n;      /* values per channel merged so far */
-    double *mean;  /* [1][LC] */
-    double *m2;    /* [1][LC] sum of squared deviations */
-    double *sum;   /* [0][LC] */
+    double *cnt;   /* [C] values merged per channel */
+    double *mean;  /* [1][C] */
+    double *m2;    /* [1][C] sum of squared deviations from the mean */
+    double *sum;   /* [0][C] */
+} bnsym_forward_train_f64_state;
+
+/* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
+typedef struct {
     double *shift; /* [1][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
     double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum; /* [2][L] partial sums of wide rows */
-} bnsym_forward_train_f64_part;
+} bnsym_forward_train_f64_scratch;
 
-static size_t bnsym_forward_train_f64_part_size(int64_t L, int64_t LC)
+/* Doubles for one state and one scratch, in whole cache lines. */
+static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 1 + 0 + 1 + 2) * (size_t)LC
-        + (size_t)2 * (size_t)L + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
-    return (n + 15) / 8 * 8; /* whole cache lines between threads */
+    const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
+        + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
+        + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
+    return (n + 15) / 8 * 8;
 }
 
-static void bnsym_forward_train_f64_part_init(bnsym_forward_train_f64_part *p, double *buf, int64_t L, int64_t LC)
+static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st, bnsym_forward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
+    int64_t LC)
 {
     int64_t j;
-    p->n = 0.0;
-    p->mean = buf;
-    p->m2 = p->mean + 1 * LC;
-    p->sum = p->m2 + 1 * LC;
-    p->shift = p->sum + 0 * LC;
-    p->bacc = p->shift + 1 * LC;
-    p->acc = p->bacc + 2 * LC;
-    p->lane = (double *)(p->acc + 2 * L);
-    p->psum = p->lane + 1 * L;
+    st->cnt = buf;
+    st->mean = st->cnt + C;
+    st->m2 = st->mean + 1 * C;
+    st->sum = st->m2 + 1 * C;
+    sc->shift = st->sum + 0 * C;
+    sc->bacc = sc->shift + 1 * LC;
+    sc->acc = sc->bacc + 2 * LC;
+    sc->lane = (double *)(sc->acc + 2 * L);
+    sc->psum = sc->lane + 1 * L;
+    for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
+        st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        p->psum[j] = 0;
-}
-
-static void bnsym_forward_train_f64_part_reset(bnsym_forward_train_f64_part *p, int64_t LC)
-{
-    int64_t j;
-    p->n = 0.0;
-    for (j = 0; j < (1 + 1 + 0) * LC; ++j)
-        p->mean[j] = 0.0;
+        sc->psum[j] = 0;
 }
 
 /* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
@@ -965,7 +946,7 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
  * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
  * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
  * (registers), then adds that partial sum to its double accumulator. */
-static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_part *p, int64_t base, int64_t nq, int64_t qstride,
+static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
@@ -1079,7 +1060,7 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
 }
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
-static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_part *p, int64_t base, int64_t nseg,
+static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
 {
     int64_t g, j, u, c;
@@ -1098,7 +1079,7 @@ static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx
 
 /* The per-lane shifts (double) from the per-channel ones, which are rounded to double so that
  * the block's mean is recovered from the shift that was actually subtracted. */
-static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_part *p, int64_t L, int64_t LC)
+static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC)
 {
     int64_t u, c;
     for (c = 0; c < 1 * LC; ++c)
@@ -1108,21 +1089,24 @@ static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_part *p, 
             p->lane[0 * L + u + c] = (double)p->shift[0 * LC + c];
 }
 
-/* One block: nseg segments of seg_len values, stride apart (lanes: L, channel = lane % LC),
- * summed in one pass from cache-resident data, merged into the partial. */
-static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_part *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+/* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
+ * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * shift (the channel's running mean, or the mean of the block's first values), summed again
+ * with a better shift if the first one was too far off, then merged into the state. */
+static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_state *st, int64_t c0, bnsym_forward_train_f64_scratch *p,
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
 {
+    const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    int it;
-    if (p->n > 0.0) {
-        for (c = 0; c < 1 * LC; ++c)
-            p->shift[c] = p->mean[c];
-    } else {
-        /* first block: shift by the mean of its first BNSYM_PREFIX values per channel (or of
-         * its first values when it is shorter) */
+    int it, fresh = 0;
+    for (c = 0; c < LC; ++c)
+        if (st->cnt[c0 + c] == 0.0)
+            fresh = 1;
+    if (fresh) {
+        /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
+         * values when it is shorter) */
         const int64_t nq0 = (nq < (BNSYM_PREFIX * LC + L - 1) / L) ? nq : (BNSYM_PREFIX * LC + L - 1) / L;
         const double cnt = (double)((nq0 > 0 ? nq0 * L : tail) / LC);
         for (c = 0; c < 1 * LC; ++c)
@@ -1131,6 +1115,11 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
         bnsym_forward_train_f64_block_sums(a, p, base, 1, 0, seg_len, L, LC, nq0, nq0 > 0 ? 0 : tail);
         for (c = 0; c < LC; ++c) {
             p->shift[0 * LC + c] = bnsym_stat_mean(p->bacc[0 * LC + c], cnt);
+        }
+    }
+    for (c = 0; c < LC; ++c) {
+        if (st->cnt[c0 + c] > 0.0) {
+            p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
         }
     }
     for (it = 0; it < 2; ++it) {
@@ -1148,39 +1137,41 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
             p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
         }
     }
-    {
-        const double w = bnsym_stat_weight(p->n, bn);
-        for (c = 0; c < LC; ++c) {
-            bnsym_stat_merge(p->n, w, &p->mean[0 * LC + c], &p->m2[0 * LC + c],
-                bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
-                bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
-        }
+    for (c = 0; c < LC; ++c) {
+        const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
+        bnsym_stat_merge(st->cnt[c0 + c], w, &st->mean[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
+            bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
+            bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
     }
-    p->n += bn;
+    for (c = 0; c < LC; ++c) {
+        st->cnt[c0 + c] += bn;
+    }
 }
 
-/* dst += src (Chan's merge for the moments, sums added); used in a fixed thread order. */
-static void bnsym_forward_train_f64_part_merge(bnsym_forward_train_f64_part *dst, const bnsym_forward_train_f64_part *src, int64_t LC)
+/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
+ * thread order. */
+static void bnsym_forward_train_f64_state_merge(bnsym_forward_train_f64_state *dst, const bnsym_forward_train_f64_state *src, int64_t C)
 {
     int64_t c;
-    double w;
-    if (src->n == 0.0)
-        return;
-    w = bnsym_stat_weight(dst->n, src->n);
-    for (c = 0; c < LC; ++c) {
-        bnsym_stat_merge(dst->n, w, &dst->mean[0 * LC + c], &dst->m2[0 * LC + c],
-            src->mean[0 * LC + c], src->m2[0 * LC + c]);
+    for (c = 0; c < C; ++c) {
+        double w;
+        if (src->cnt[c] == 0.0)
+            continue;
+        w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
+        bnsym_stat_merge(dst->cnt[c], w, &dst->mean[0 * C + c], &dst->m2[0 * C + c],
+            src->mean[0 * C + c], src->m2[0 * C + c]);
+        dst->cnt[c] += src->cnt[c];
     }
-    dst->n += src->n;
 }
 
-/* The reduction results of channels c0 .. c0 + LC - 1. */
-static void bnsym_forward_train_f64_part_finish(const bnsym_forward_train_f64_ctx *a, const bnsym_forward_train_f64_part *p, int64_t c0, int64_t LC)
+/* The reduction results of every channel. */
+static void bnsym_forward_train_f64_state_finish(const bnsym_forward_train_f64_ctx *a, const bnsym_forward_train_f64_state *st)
 {
+    const int64_t C = a->C;
     int64_t c;
-    for (c = 0; c < LC; ++c) {
-        a->red[0 * a->C + c0 + c] = p->mean[0 * LC + c];
-        a->red[1 * a->C + c0 + c] = bnsym_stat_var(p->m2[0 * LC + c], p->n);
+    for (c = 0; c < C; ++c) {
+        a->red[0 * C + c] = st->mean[0 * C + c];
+        a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
     }
 }
 
@@ -1226,37 +1217,39 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
     }
 }
 
-/* Layout ncs, (N, C, S) contiguous, S > 1: a channel is N strips of S values.
- * Enough channels: threads take whole channels (reduce, channel phase, element pass while the
- * channel is still in cache). Few channels: the blocks of each channel are split among the
- * threads, whose partials are merged in thread order. */
+/* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
+ * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
+ * address order; thread t takes a contiguous range of units (streaming through memory), keeps
+ * per-channel summaries, and the summaries are merged in thread order. */
 static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK;   /* values per segment */
-    const int64_t nsb = (S + sb - 1) / sb;                    /* segments per strip */
-    const int64_t spb = (S < BNSYM_BLOCK) ? BNSYM_BLOCK / S : 1; /* strips per block */
-    const int64_t nblk = ((N + spb - 1) / spb) * nsb;         /* blocks per channel */
-    const int by_channel = (C % nt == 0) || (C >= 4 * (int64_t)nt);
+    const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
+    const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
+    const int64_t units = N * C * nsb;
     const int need_red = 1;
     const int need_elem = 1;
     int64_t c;
+    (void)need_red;
+    (void)nt;
     const int64_t L = BNSYM_LANES;
-    const size_t psz = bnsym_forward_train_f64_part_size(L, 1);
-    double *pbuf = NULL;
-    bnsym_forward_train_f64_part *parts = NULL;
+    const size_t wsz = bnsym_forward_train_f64_work_size(C, L, 1);
+    double *wbuf = NULL;
+    bnsym_forward_train_f64_state *st = NULL;
+    bnsym_forward_train_f64_scratch *sc = NULL;
     int t;
-    (void)nblk;
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_forward_train_f64_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_forward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_state));
+        sc = (bnsym_forward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f64_part_init(&parts[t], pbuf + (size_t)t * psz, L, 1);
+            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
@@ -1264,73 +1257,38 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
         for (c = 0; c < C; ++c)
             bnsym_forward_train_f64_channel(a, c);
     }
-    (void)need_red;
-    if (nt == 1 || by_channel) {
-        BNSYM_OMP(omp parallel for num_threads(nt) schedule(static))
-        for (c = 0; c < C; ++c) {
-            int64_t n;
-            if (need_red) {
-                bnsym_forward_train_f64_part *p = &parts[BNSYM_TID()];
-                int64_t b, j;
-                bnsym_forward_train_f64_part_reset(p, 1);
-                for (b = 0; b < nblk; ++b) {
-                    const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                    const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                    bnsym_forward_train_f64_reduce_block(a, p, (n0 * C + c) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                }
-                (void)j;
-                bnsym_forward_train_f64_part_finish(a, p, c, 1);
-                bnsym_forward_train_f64_channel(a, c);
+    BNSYM_OMP(omp parallel num_threads(nt))
+    {
+        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
+        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+        int64_t u;
+        if (need_red) {
+            int tt;
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                bnsym_forward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
             }
-            if (need_elem)
-                for (n = 0; n < N; ++n)
-                    bnsym_forward_train_f64_elements_ncs(a, c, (n * C + c) * S, S);
+            BNSYM_OMP(omp barrier)
+            BNSYM_OMP(omp single)
+            {
+                for (tt = 0; tt < nthr; ++tt)
+                    bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
+                bnsym_forward_train_f64_state_finish(a, &st[nt]);
+                for (c = 0; c < C; ++c)
+                    bnsym_forward_train_f64_channel(a, c);
+            }
         }
-    } else {
-        BNSYM_OMP(omp parallel num_threads(nt))
-        {
-            const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-            int64_t cc, b;
-            for (cc = 0; cc < C; ++cc) {
-                if (need_red) {
-                    bnsym_forward_train_f64_part *p = &parts[tid];
-                    const int64_t b0 = nblk * tid / nthr, b1 = nblk * (tid + 1) / nthr;
-                    int64_t j;
-                    int tt;
-                    bnsym_forward_train_f64_part_reset(p, 1);
-                    for (b = b0; b < b1; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        bnsym_forward_train_f64_reduce_block(a, p, (n0 * C + cc) * S + s0, n1 - n0, C * S, s1 - s0, L, 1);
-                    }
-                    (void)j;
-                    BNSYM_OMP(omp barrier)
-                    BNSYM_OMP(omp single)
-                    {
-                        bnsym_forward_train_f64_part_reset(&parts[nt], 1);
-                        for (tt = 0; tt < nthr; ++tt)
-                            bnsym_forward_train_f64_part_merge(&parts[nt], &parts[tt], 1);
-                        bnsym_forward_train_f64_part_finish(a, &parts[nt], cc, 1);
-                        bnsym_forward_train_f64_channel(a, cc);
-                    }
-                }
-                if (need_elem) {
-                    BNSYM_OMP(omp for schedule(static))
-                    for (b = 0; b < nblk; ++b) {
-                        const int64_t n0 = (b / nsb) * spb, s0 = (b % nsb) * sb;
-                        const int64_t n1 = (n0 + spb < N) ? n0 + spb : N, s1 = (s0 + sb < S) ? s0 + sb : S;
-                        int64_t n;
-                        for (n = n0; n < n1; ++n)
-                            bnsym_forward_train_f64_elements_ncs(a, cc, (n * C + cc) * S + s0, s1 - s0);
-                    }
-                }
+        if (need_elem) {
+            for (u = u0; u < u1; ++u) {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
             }
-            (void)tid;
-            (void)nthr;
         }
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     return 0;
 }
 
@@ -1349,32 +1307,36 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
-    size_t psz;
-    double *pbuf = NULL;
-    bnsym_forward_train_f64_part *parts = NULL;
+    size_t wsz;
+    double *wbuf = NULL;
+    bnsym_forward_train_f64_state *st = NULL;
+    bnsym_forward_train_f64_scratch *sc = NULL;
     int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
     RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    psz = bnsym_forward_train_f64_part_size(L, C);
+    wsz = bnsym_forward_train_f64_work_size(C, L, C);
     if (need_red) {
-        pbuf = (double *)bnsym_alloc((size_t)(nt + 1) * psz, sizeof(double));
-        parts = (bnsym_forward_train_f64_part *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_part));
-        if (pbuf == NULL || parts == NULL) {
-            free(pbuf);
-            free(parts);
+        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
+        st = (bnsym_forward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_state));
+        sc = (bnsym_forward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_scratch));
+        if (wbuf == NULL || st == NULL || sc == NULL) {
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f64_part_init(&parts[t], pbuf + (size_t)t * psz, L, C);
+            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
     }
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
-            free(pbuf);
-            free(parts);
+            free(wbuf);
+            free(st);
+            free(sc);
             return -1;
         }
     }
@@ -1396,21 +1358,18 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
         if (need_red) {
-            bnsym_forward_train_f64_part *p = &parts[tid];
             int64_t r, jj;
             int tt;
-            bnsym_forward_train_f64_part_reset(p, C);
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_forward_train_f64_reduce_block(a, p, r * C, 1, 0, rows * C, L, C);
+                bnsym_forward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
             {
-                bnsym_forward_train_f64_part_reset(&parts[nt], C);
                 for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f64_part_merge(&parts[nt], &parts[tt], C);
-                bnsym_forward_train_f64_part_finish(a, &parts[nt], 0, C);
+                    bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
+                bnsym_forward_train_f64_state_finish(a, &st[nt]);
                 for (jj = 0; jj < C; ++jj)
                     bnsym_forward_train_f64_channel(a, jj);
                 if (need_elem)
@@ -1425,8 +1384,9 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
         if (need_elem)
             bnsym_forward_train_f64_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
     }
-    free(pbuf);
-    free(parts);
+    free(wbuf);
+    free(st);
+    free(sc);
     free(lanes);
     return 0;
 }
