@@ -164,14 +164,20 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
             ytol = (rt * (np.abs(g) * invstd * maxxmu + np.abs(bb))
                     + np.abs(g) * (invstd * dmean + maxxmu * dinv))
             res["y"] = (y, _cv(ytol, nd))
-            res["save_mean"] = (mean, rt * np.abs(mean) + dmean)
+            # The mean's own scale is |mean| + std: an error of rt*std moves y by rt (relative
+            # to its unit scale) and is all a float32 pass over x - shift can promise when
+            # the mean is ~0 by cancellation; with an offset (|mean| >> std) this is still
+            # rt relative to the mean.
+            std = np.sqrt(var)
+            mtol = rt * (np.abs(mean) + std) + dmean
+            res["save_mean"] = (mean, mtol)
             res["save_invstd"] = (invstd, rt * invstd + dinv)
             if momentum is not None:
                 mo = float(momentum)
                 if rm is not None:
                     old = rm.astype(np.float64)
                     res["running_mean"] = ((1 - mo) * old + mo * mean,
-                                           rt * ((1 - mo) * np.abs(old) + mo * np.abs(mean)) + mo * dmean)
+                                           rt * (1 - mo) * np.abs(old) + mo * mtol)
                 if rv is not None:
                     old = rv.astype(np.float64)
                     vu = (varl * LD(m) / LD(m - 1)).astype(np.float64)
@@ -1019,6 +1025,9 @@ def verify_backward(r, out, what):
     mask = args["mask"]
     outs = args["out"] if args["out"] is not None else (None, None, None)
     written = set()
+    if outs[0] is not None and outs[0] is args["grad_output"]:
+        # grad_input may be exactly grad_output (in place, documented): grad_output is written
+        written |= {id(args["grad_output"]), id(roots["grad_output"])}
     for i, (name, got) in enumerate((("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb))):
         if not mask[i]:
             assert got is None, f"{what}: {name} masked off but returned"
@@ -1213,6 +1222,9 @@ def main(argv=None):
     def prop(r):
         if r.get("mutation") in EXCLUDED:
             r = dict(r, mutation=None)
+        for key in ("kinds", "dy_kinds"):
+            if key in r and EXCLUDED.intersection(r[key]):
+                r = dict(r, **{key: [k for k in r[key] if k not in EXCLUDED] or ["normal"]})
         fn(r)
 
     from hypothesis import seed as hseed
