@@ -27,6 +27,10 @@
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
+/* Strips shorter than this (layout ncs) are reduced a group of channels at a time, the strips
+ * of the group side by side as up to BNSYM_GROUP_LANES lanes. */
+#define BNSYM_SMALL_S 256
+#define BNSYM_GROUP_LANES 2048
 /* Minimum rows per block of a rows (nsc) reduction (its per-block work is proportional to C). */
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
@@ -170,9 +174,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
 {
     const int64_t nq_all = nq;
     int64_t q0, t, j;
-    if (L > BNSYM_TILED_MAX && 2 > 1) {
+    if (L % BNSYM_LANES != 0 || (L > BNSYM_TILED_MAX && 2 > 1)) {
         /* wide rows read from several arrays (tiles would stack their rows in the same L1
-         * sets): BNSYM_WIDE_ROWS rows at a time over all L lanes, partial sums in L1 */
+         * sets), or lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L
+         * lanes, partial sums in L1 */
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -281,36 +286,60 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (lane j: channel (j / R) % LC). */
 static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
 {
-    int64_t g, j, u, c;
+    int64_t g, j, u, c, r;
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
-    for (g = 0; g < nseg; ++g)
-        bnsym_backward_train_f32_pass(a, p, base + g * stride, nq, L, L, tail);
-    for (j = 0; j < 2 * LC; ++j)
-        p->bacc[j] = 0.0;
-    for (j = 0; j < 2; ++j)
-        for (u = 0; u < L; u += LC)
-            for (c = 0; c < LC; ++c)
-                p->bacc[j * LC + c] += p->acc[j * L + u + c];
-    (void)seg_len;
+    if (seg_len == L && nq == 1 && tail == 0)
+        bnsym_backward_train_f32_pass(a, p, base, nseg, stride, L, 0); /* one super-row per segment */
+    else
+        for (g = 0; g < nseg; ++g)
+            bnsym_backward_train_f32_pass(a, p, base + g * stride, nq, L, L, tail);
+    if (R == 1) {
+        /* lanes interleave the channels: vectorize over the channels */
+        for (j = 0; j < 2 * LC; ++j)
+            p->bacc[j] = 0.0;
+        for (j = 0; j < 2; ++j)
+            for (u = 0; u < L; u += LC) {
+                double *bn_b = p->bacc + j * LC;
+                const double *bn_a = p->acc + j * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_b[c] += bn_a[c];
+            }
+    } else {
+        /* runs of R lanes per channel: a vectorized sum per run */
+        for (j = 0; j < 2; ++j)
+            for (c = 0; c < LC; ++c) {
+                double s = 0.0;
+                for (u = 0; u < L; u += LC * R) {
+                    const double *bn_a = p->acc + j * L + u + c * R;
+                    BNSYM_OMP(omp simd reduction(+:s))
+                    for (r = 0; r < R; ++r)
+                        s += bn_a[r];
+                }
+                p->bacc[j * LC + c] = s;
+            }
+    }
 }
 
+
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
- * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * lanes, lane j: channel c0 + (j / R) % LC), summed in one pass as deviations from a per-channel
  * shift (the channel's running mean, or the mean of the block's first values), summed again
  * with a better shift if the first one was too far off, then merged into the state. */
 static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_state *st, int64_t c0, bnsym_backward_train_f32_scratch *p,
-    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R)
 {
     const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, nq, tail);
+    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
@@ -393,22 +422,30 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
 }
 
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
- * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
- * address order; thread t takes a contiguous range of units (streaming through memory), keeps
- * per-channel summaries, and the summaries are merged in thread order. */
+ * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
+ * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
+ * are merged in thread order. */
 static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
+    const int grouped = S < BNSYM_SMALL_S;
+    /* long strips */
     const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
     const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
-    const int64_t units = N * C * nsb;
+    /* short strips: groups of Cg channels, blocks of RBn samples */
+    const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
+    const int64_t ng = (C + Cg - 1) / Cg;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     (void)need_red;
     (void)nt;
-    const int64_t L = BNSYM_LANES;
-    const size_t wsz = bnsym_backward_train_f32_work_size(C, L, 1);
+    const int64_t L = grouped ? Cg * S : BNSYM_LANES;
+    const size_t wsz = bnsym_backward_train_f32_work_size(C, L, grouped ? Cg : 1);
     double *wbuf = NULL;
     bnsym_backward_train_f32_state *st = NULL;
     bnsym_backward_train_f32_scratch *sc = NULL;
@@ -424,7 +461,7 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
+            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f32_reduction_inputs(a, c);
     } else
@@ -442,12 +479,24 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         if (need_red) {
             int tt;
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                int64_t j;
-                for (j = 0; j < L; ++j)
-                    sc[tid].lane[0 * L + j] = (float)a->rin[0 * C + cu];
-                bnsym_backward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
+                    int64_t cc, r;
+                    for (cc = 0; cc < LC; ++cc)
+                        for (r = 0; r < S; ++r) {
+                            sc[tid].lane[0 * LC * S + cc * S + r] = (float)a->rin[0 * C + c0 + cc];
+                        }
+                    bnsym_backward_train_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
+                        LC * S, LC, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                    int64_t j;
+                    for (j = 0; j < L; ++j)
+                        sc[tid].lane[0 * L + j] = (float)a->rin[0 * C + cu];
+                    bnsym_backward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
+                }
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
@@ -461,8 +510,17 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         }
         if (need_elem) {
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                bnsym_backward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                    int64_t n, cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_backward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    bnsym_backward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                }
             }
         }
     }
@@ -548,7 +606,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                     sc[tid].lane[0 * L + r + jj] = (float)a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_backward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
+                bnsym_backward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
@@ -817,9 +875,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
 {
     const int64_t nq_all = nq;
     int64_t q0, t, j;
-    if (L > BNSYM_TILED_MAX && 2 > 1) {
+    if (L % BNSYM_LANES != 0 || (L > BNSYM_TILED_MAX && 2 > 1)) {
         /* wide rows read from several arrays (tiles would stack their rows in the same L1
-         * sets): BNSYM_WIDE_ROWS rows at a time over all L lanes, partial sums in L1 */
+         * sets), or lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L
+         * lanes, partial sums in L1 */
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -928,36 +987,60 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (lane j: channel (j / R) % LC). */
 static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
 {
-    int64_t g, j, u, c;
+    int64_t g, j, u, c, r;
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
-    for (g = 0; g < nseg; ++g)
-        bnsym_backward_train_f64_pass(a, p, base + g * stride, nq, L, L, tail);
-    for (j = 0; j < 2 * LC; ++j)
-        p->bacc[j] = 0.0;
-    for (j = 0; j < 2; ++j)
-        for (u = 0; u < L; u += LC)
-            for (c = 0; c < LC; ++c)
-                p->bacc[j * LC + c] += p->acc[j * L + u + c];
-    (void)seg_len;
+    if (seg_len == L && nq == 1 && tail == 0)
+        bnsym_backward_train_f64_pass(a, p, base, nseg, stride, L, 0); /* one super-row per segment */
+    else
+        for (g = 0; g < nseg; ++g)
+            bnsym_backward_train_f64_pass(a, p, base + g * stride, nq, L, L, tail);
+    if (R == 1) {
+        /* lanes interleave the channels: vectorize over the channels */
+        for (j = 0; j < 2 * LC; ++j)
+            p->bacc[j] = 0.0;
+        for (j = 0; j < 2; ++j)
+            for (u = 0; u < L; u += LC) {
+                double *bn_b = p->bacc + j * LC;
+                const double *bn_a = p->acc + j * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_b[c] += bn_a[c];
+            }
+    } else {
+        /* runs of R lanes per channel: a vectorized sum per run */
+        for (j = 0; j < 2; ++j)
+            for (c = 0; c < LC; ++c) {
+                double s = 0.0;
+                for (u = 0; u < L; u += LC * R) {
+                    const double *bn_a = p->acc + j * L + u + c * R;
+                    BNSYM_OMP(omp simd reduction(+:s))
+                    for (r = 0; r < R; ++r)
+                        s += bn_a[r];
+                }
+                p->bacc[j * LC + c] = s;
+            }
+    }
 }
 
+
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
- * lanes, lane j: channel c0 + j % LC), summed in one pass as deviations from a per-channel
+ * lanes, lane j: channel c0 + (j / R) % LC), summed in one pass as deviations from a per-channel
  * shift (the channel's running mean, or the mean of the block's first values), summed again
  * with a better shift if the first one was too far off, then merged into the state. */
 static void bnsym_backward_train_f64_reduce_block(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_state *st, int64_t c0, bnsym_backward_train_f64_scratch *p,
-    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC)
+    int64_t base, int64_t nseg, int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R)
 {
     const int64_t ld = a->C;
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, nq, tail);
+    bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
@@ -1040,22 +1123,30 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
 }
 
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
- * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
- * address order; thread t takes a contiguous range of units (streaming through memory), keeps
- * per-channel summaries, and the summaries are merged in thread order. */
+ * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
+ * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
+ * are merged in thread order. */
 static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
+    const int grouped = S < BNSYM_SMALL_S;
+    /* long strips */
     const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
     const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
-    const int64_t units = N * C * nsb;
+    /* short strips: groups of Cg channels, blocks of RBn samples */
+    const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
+    const int64_t ng = (C + Cg - 1) / Cg;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     (void)need_red;
     (void)nt;
-    const int64_t L = BNSYM_LANES;
-    const size_t wsz = bnsym_backward_train_f64_work_size(C, L, 1);
+    const int64_t L = grouped ? Cg * S : BNSYM_LANES;
+    const size_t wsz = bnsym_backward_train_f64_work_size(C, L, grouped ? Cg : 1);
     double *wbuf = NULL;
     bnsym_backward_train_f64_state *st = NULL;
     bnsym_backward_train_f64_scratch *sc = NULL;
@@ -1071,7 +1162,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
             return -1;
         }
         for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, 1);
+            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
         for (c = 0; c < C; ++c)
             bnsym_backward_train_f64_reduction_inputs(a, c);
     } else
@@ -1089,12 +1180,24 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
         if (need_red) {
             int tt;
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                int64_t j;
-                for (j = 0; j < L; ++j)
-                    sc[tid].lane[0 * L + j] = (double)a->rin[0 * C + cu];
-                bnsym_backward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
+                    int64_t cc, r;
+                    for (cc = 0; cc < LC; ++cc)
+                        for (r = 0; r < S; ++r) {
+                            sc[tid].lane[0 * LC * S + cc * S + r] = (double)a->rin[0 * C + c0 + cc];
+                        }
+                    bnsym_backward_train_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
+                        LC * S, LC, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                    int64_t j;
+                    for (j = 0; j < L; ++j)
+                        sc[tid].lane[0 * L + j] = (double)a->rin[0 * C + cu];
+                    bnsym_backward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
+                }
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)
@@ -1108,8 +1211,17 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
         }
         if (need_elem) {
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                bnsym_backward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                    int64_t n, cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_backward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    bnsym_backward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                }
             }
         }
     }
@@ -1195,7 +1307,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
                     sc[tid].lane[0 * L + r + jj] = (double)a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_backward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C);
+                bnsym_backward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
             }
             BNSYM_OMP(omp barrier)
             BNSYM_OMP(omp single)

@@ -27,6 +27,10 @@
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
+/* Strips shorter than this (layout ncs) are reduced a group of channels at a time, the strips
+ * of the group side by side as up to BNSYM_GROUP_LANES lanes. */
+#define BNSYM_SMALL_S 256
+#define BNSYM_GROUP_LANES 2048
 /* Minimum rows per block of a rows (nsc) reduction (its per-block work is proportional to C). */
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
@@ -142,15 +146,23 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
 }
 
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
- * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
- * address order; thread t takes a contiguous range of units (streaming through memory), keeps
- * per-channel summaries, and the summaries are merged in thread order. */
+ * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
+ * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
+ * are merged in thread order. */
 static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
+    const int grouped = S < BNSYM_SMALL_S;
+    /* long strips */
     const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
     const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
-    const int64_t units = N * C * nsb;
+    /* short strips: groups of Cg channels, blocks of RBn samples */
+    const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
+    const int64_t ng = (C + Cg - 1) / Cg;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
@@ -169,8 +181,17 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
         int64_t u;
         if (need_elem) {
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                    int64_t n, cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                }
             }
         }
     }
@@ -420,15 +441,23 @@ static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_c
 }
 
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
- * sample n, at (n*C + c)*S. Work units are chunks of at most BNSYM_BLOCK values of a strip, in
- * address order; thread t takes a contiguous range of units (streaming through memory), keeps
- * per-channel summaries, and the summaries are merged in thread order. */
+ * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
+ * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
+ * are merged in thread order. */
 static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
+    const int grouped = S < BNSYM_SMALL_S;
+    /* long strips */
     const int64_t sb = (S < BNSYM_BLOCK) ? S : BNSYM_BLOCK; /* values per unit */
     const int64_t nsb = (S + sb - 1) / sb;                 /* units per strip */
-    const int64_t units = N * C * nsb;
+    /* short strips: groups of Cg channels, blocks of RBn samples */
+    const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
+    const int64_t ng = (C + Cg - 1) / Cg;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
@@ -447,8 +476,17 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
         int64_t u;
         if (need_elem) {
             for (u = u0; u < u1; ++u) {
-                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                if (grouped) {
+                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                    int64_t n, cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                    bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+                }
             }
         }
     }
