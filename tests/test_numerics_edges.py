@@ -169,16 +169,14 @@ def test_float32_huge_forward(layout):
     assert np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m_shape", [(2, 1), (2, 3, 1), (5, 2, 7)])
+@pytest.mark.parametrize("m_shape,layout", [((2, 1), "ncs"), ((2, 3, 1), "ncs"), ((2, 3, 1), "nsc"),
+                                            ((5, 2, 7), "ncs"), ((5, 2, 7), "nsc")])
 def test_huge_backward(layout, dtype, m_shape):
     """Backward at |x| ~ 1e30 (float32) / 1e150 (float64) with unit and huge grad_output:
     the gradient is finite and right. Per-channel coefficients such as gamma*invstd**3*sum
     underflow the dtype although the per-element result does not: they must not be
     formed in the dtype."""
-    if layout == "nsc" and len(m_shape) == 2:
-        pytest.skip("2-D input has one layout")  # pragma: no cover (not generated)
     big = 1e30 if dtype == F32 else 1e150
     rng = np.random.default_rng(5)
     x = arr(big * rng.standard_normal(m_shape), dtype, layout)
