@@ -135,28 +135,37 @@ static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st,
         sc->psum[j] = 0;
 }
 
-/* Per-channel inputs of the reductions (known before them). */
-static void bnsym_backward_eval_f32_reduction_inputs(const bnsym_backward_eval_f32_ctx *a, int64_t c)
+/* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
+static void bnsym_backward_eval_f32_reduction_inputs(const bnsym_backward_eval_f32_ctx *a)
 {
-    const double running_mean_v = (double)a->running_mean[c];
-    a->rin[0 * a->C + c] = running_mean_v;
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double running_mean_v = (double)a->running_mean[c];
+        a->rin[0 * a->C + c] = running_mean_v;
+    }
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_backward_eval_f32_channel(const bnsym_backward_eval_f32_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double running_var_v = (double)a->running_var[c];
-    const double sum_dy_xmu = a->red[0 * a->C + c];
-    const double sum_dy = a->red[1 * a->C + c];
-    const double eps = a->eps;
-    const double invstd = 1.0/sqrt(eps + running_var_v);
-    const double dx_k_dy = gamma_v*invstd;
-    if (a->grad_weight != NULL)
-        a->grad_weight[c] = (float)(invstd*sum_dy_xmu);
-    if (a->grad_bias != NULL)
-        a->grad_bias[c] = (float)(sum_dy);
-    a->coef[0 * a->C + c] = (float)(dx_k_dy);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double running_var_v = (double)a->running_var[c];
+        const double sum_dy_xmu = a->red[0 * a->C + c];
+        const double sum_dy = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double dx_k_dy = gamma_v*invstd;
+        if (a->grad_weight != NULL)
+            a->grad_weight[c] = (float)(invstd*sum_dy_xmu);
+        if (a->grad_bias != NULL)
+            a->grad_bias[c] = (float)(sum_dy);
+        a->coef[0 * a->C + c] = (float)(dx_k_dy);
+    }
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
@@ -441,14 +450,12 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f32_reduction_inputs(a, c);
+        bnsym_backward_eval_f32_reduction_inputs(a);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f32_channel(a, c);
+        bnsym_backward_eval_f32_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -483,8 +490,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_eval_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_eval_f32_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_backward_eval_f32_channel(a, c);
+                bnsym_backward_eval_f32_channels(a);
             }
         }
         if (need_elem) {
@@ -547,8 +553,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f32_reduction_inputs(a, c);
+        bnsym_backward_eval_f32_reduction_inputs(a);
     }
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)1 * (size_t)Le, sizeof(float));
@@ -562,8 +567,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f32_channel(a, c);
+        bnsym_backward_eval_f32_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -590,8 +594,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_eval_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_eval_f32_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_backward_eval_f32_channel(a, jj);
+                bnsym_backward_eval_f32_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {
@@ -813,28 +816,37 @@ static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st,
         sc->psum[j] = 0;
 }
 
-/* Per-channel inputs of the reductions (known before them). */
-static void bnsym_backward_eval_f64_reduction_inputs(const bnsym_backward_eval_f64_ctx *a, int64_t c)
+/* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
+static void bnsym_backward_eval_f64_reduction_inputs(const bnsym_backward_eval_f64_ctx *a)
 {
-    const double running_mean_v = (double)a->running_mean[c];
-    a->rin[0 * a->C + c] = running_mean_v;
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double running_mean_v = (double)a->running_mean[c];
+        a->rin[0 * a->C + c] = running_mean_v;
+    }
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_backward_eval_f64_channel(const bnsym_backward_eval_f64_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_backward_eval_f64_channels(const bnsym_backward_eval_f64_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double running_var_v = (double)a->running_var[c];
-    const double sum_dy_xmu = a->red[0 * a->C + c];
-    const double sum_dy = a->red[1 * a->C + c];
-    const double eps = a->eps;
-    const double invstd = 1.0/sqrt(eps + running_var_v);
-    const double dx_k_dy = gamma_v*invstd;
-    if (a->grad_weight != NULL)
-        a->grad_weight[c] = (double)(invstd*sum_dy_xmu);
-    if (a->grad_bias != NULL)
-        a->grad_bias[c] = (double)(sum_dy);
-    a->coef[0 * a->C + c] = (double)(dx_k_dy);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double running_var_v = (double)a->running_var[c];
+        const double sum_dy_xmu = a->red[0 * a->C + c];
+        const double sum_dy = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double dx_k_dy = gamma_v*invstd;
+        if (a->grad_weight != NULL)
+            a->grad_weight[c] = (double)(invstd*sum_dy_xmu);
+        if (a->grad_bias != NULL)
+            a->grad_bias[c] = (double)(sum_dy);
+        a->coef[0 * a->C + c] = (double)(dx_k_dy);
+    }
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
@@ -1119,14 +1131,12 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f64_reduction_inputs(a, c);
+        bnsym_backward_eval_f64_reduction_inputs(a);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f64_channel(a, c);
+        bnsym_backward_eval_f64_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -1161,8 +1171,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_eval_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_eval_f64_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_backward_eval_f64_channel(a, c);
+                bnsym_backward_eval_f64_channels(a);
             }
         }
         if (need_elem) {
@@ -1225,8 +1234,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f64_reduction_inputs(a, c);
+        bnsym_backward_eval_f64_reduction_inputs(a);
     }
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)1 * (size_t)Le, sizeof(double));
@@ -1240,8 +1248,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_eval_f64_channel(a, c);
+        bnsym_backward_eval_f64_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -1268,8 +1275,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_eval_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_eval_f64_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_backward_eval_f64_channel(a, jj);
+                bnsym_backward_eval_f64_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {

@@ -134,35 +134,44 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
         sc->psum[j] = 0;
 }
 
-/* Per-channel inputs of the reductions (known before them). */
-static void bnsym_backward_train_f32_reduction_inputs(const bnsym_backward_train_f32_ctx *a, int64_t c)
+/* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
+static void bnsym_backward_train_f32_reduction_inputs(const bnsym_backward_train_f32_ctx *a)
 {
-    const double mean = (double)a->save_mean[c];
-    a->rin[0 * a->C + c] = mean;
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double mean = (double)a->save_mean[c];
+        a->rin[0 * a->C + c] = mean;
+    }
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_backward_train_f32_channel(const bnsym_backward_train_f32_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double mean = (double)a->save_mean[c];
-    const double invstd = (double)a->save_invstd[c];
-    const double sum_dy = a->red[0 * a->C + c];
-    const double sum_dy_xmu = a->red[1 * a->C + c];
-    const double m = a->m;
-    const double ct0 = gamma_v*invstd;
-    const double ct1 = 1.0/m;
-    const double dx_k_dy = ct0;
-    const double dx_k_xmu = -ct1*gamma_v*(invstd*invstd*invstd)*sum_dy_xmu;
-    const double dx_k0 = -ct0*ct1*sum_dy;
-    if (a->grad_weight != NULL)
-        a->grad_weight[c] = (float)(invstd*sum_dy_xmu);
-    if (a->grad_bias != NULL)
-        a->grad_bias[c] = (float)(sum_dy);
-    a->coef[0 * a->C + c] = (float)(dx_k0);
-    a->coef[1 * a->C + c] = (float)(dx_k_dy);
-    a->coef[2 * a->C + c] = (float)(dx_k_xmu);
-    a->coef[3 * a->C + c] = (float)(mean);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double mean = (double)a->save_mean[c];
+        const double invstd = (double)a->save_invstd[c];
+        const double sum_dy = a->red[0 * a->C + c];
+        const double sum_dy_xmu = a->red[1 * a->C + c];
+        const double m = a->m;
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = 1.0/m;
+        const double dx_k_dy = ct0;
+        const double dx_k_xmu = -ct1*gamma_v*(invstd*invstd*invstd)*sum_dy_xmu;
+        const double dx_k0 = -ct0*ct1*sum_dy;
+        if (a->grad_weight != NULL)
+            a->grad_weight[c] = (float)(invstd*sum_dy_xmu);
+        if (a->grad_bias != NULL)
+            a->grad_bias[c] = (float)(sum_dy);
+        a->coef[0 * a->C + c] = (float)(dx_k0);
+        a->coef[1 * a->C + c] = (float)(dx_k_dy);
+        a->coef[2 * a->C + c] = (float)(dx_k_xmu);
+        a->coef[3 * a->C + c] = (float)(mean);
+    }
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
@@ -462,14 +471,12 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f32_reduction_inputs(a, c);
+        bnsym_backward_train_f32_reduction_inputs(a);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f32_channel(a, c);
+        bnsym_backward_train_f32_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -504,8 +511,7 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_train_f32_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_backward_train_f32_channel(a, c);
+                bnsym_backward_train_f32_channels(a);
             }
         }
         if (need_elem) {
@@ -568,8 +574,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f32_reduction_inputs(a, c);
+        bnsym_backward_train_f32_reduction_inputs(a);
     }
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
@@ -583,8 +588,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f32_channel(a, c);
+        bnsym_backward_train_f32_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -614,8 +618,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_train_f32_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_backward_train_f32_channel(a, jj);
+                bnsym_backward_train_f32_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {
@@ -835,35 +838,44 @@ static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *s
         sc->psum[j] = 0;
 }
 
-/* Per-channel inputs of the reductions (known before them). */
-static void bnsym_backward_train_f64_reduction_inputs(const bnsym_backward_train_f64_ctx *a, int64_t c)
+/* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
+static void bnsym_backward_train_f64_reduction_inputs(const bnsym_backward_train_f64_ctx *a)
 {
-    const double mean = (double)a->save_mean[c];
-    a->rin[0 * a->C + c] = mean;
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double mean = (double)a->save_mean[c];
+        a->rin[0 * a->C + c] = mean;
+    }
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_backward_train_f64_channel(const bnsym_backward_train_f64_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double mean = (double)a->save_mean[c];
-    const double invstd = (double)a->save_invstd[c];
-    const double sum_dy = a->red[0 * a->C + c];
-    const double sum_dy_xmu = a->red[1 * a->C + c];
-    const double m = a->m;
-    const double ct0 = gamma_v*invstd;
-    const double ct1 = 1.0/m;
-    const double dx_k_dy = ct0;
-    const double dx_k_xmu = -ct1*gamma_v*(invstd*invstd*invstd)*sum_dy_xmu;
-    const double dx_k0 = -ct0*ct1*sum_dy;
-    if (a->grad_weight != NULL)
-        a->grad_weight[c] = (double)(invstd*sum_dy_xmu);
-    if (a->grad_bias != NULL)
-        a->grad_bias[c] = (double)(sum_dy);
-    a->coef[0 * a->C + c] = (double)(dx_k0);
-    a->coef[1 * a->C + c] = (double)(dx_k_dy);
-    a->coef[2 * a->C + c] = (double)(dx_k_xmu);
-    a->coef[3 * a->C + c] = (double)(mean);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double mean = (double)a->save_mean[c];
+        const double invstd = (double)a->save_invstd[c];
+        const double sum_dy = a->red[0 * a->C + c];
+        const double sum_dy_xmu = a->red[1 * a->C + c];
+        const double m = a->m;
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = 1.0/m;
+        const double dx_k_dy = ct0;
+        const double dx_k_xmu = -ct1*gamma_v*(invstd*invstd*invstd)*sum_dy_xmu;
+        const double dx_k0 = -ct0*ct1*sum_dy;
+        if (a->grad_weight != NULL)
+            a->grad_weight[c] = (double)(invstd*sum_dy_xmu);
+        if (a->grad_bias != NULL)
+            a->grad_bias[c] = (double)(sum_dy);
+        a->coef[0 * a->C + c] = (double)(dx_k0);
+        a->coef[1 * a->C + c] = (double)(dx_k_dy);
+        a->coef[2 * a->C + c] = (double)(dx_k_xmu);
+        a->coef[3 * a->C + c] = (double)(mean);
+    }
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
@@ -1163,14 +1175,12 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f64_reduction_inputs(a, c);
+        bnsym_backward_train_f64_reduction_inputs(a);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f64_channel(a, c);
+        bnsym_backward_train_f64_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -1205,8 +1215,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_train_f64_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_backward_train_f64_channel(a, c);
+                bnsym_backward_train_f64_channels(a);
             }
         }
         if (need_elem) {
@@ -1269,8 +1278,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         }
         for (t = 0; t <= nt; ++t)
             bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f64_reduction_inputs(a, c);
+        bnsym_backward_train_f64_reduction_inputs(a);
     }
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(double));
@@ -1284,8 +1292,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_backward_train_f64_channel(a, c);
+        bnsym_backward_train_f64_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -1315,8 +1322,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_backward_train_f64_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_backward_train_f64_channel(a, jj);
+                bnsym_backward_train_f64_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {

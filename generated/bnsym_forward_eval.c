@@ -88,19 +88,24 @@ typedef struct {
     float *coef; /* element-pass coefficients, [3][C] */
 } bnsym_forward_eval_f32_ctx;
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_forward_eval_f32_channel(const bnsym_forward_eval_f32_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
-    const double running_mean_v = (double)a->running_mean[c];
-    const double running_var_v = (double)a->running_var[c];
-    const double eps = a->eps;
-    const double invstd = 1.0/sqrt(eps + running_var_v);
-    const double y_k_xmu = gamma_v*invstd;
-    a->coef[0 * a->C + c] = (float)(beta);
-    a->coef[1 * a->C + c] = (float)(running_mean_v);
-    a->coef[2 * a->C + c] = (float)(y_k_xmu);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (double)a->running_mean[c];
+        const double running_var_v = (double)a->running_var[c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double y_k_xmu = gamma_v*invstd;
+        a->coef[0 * a->C + c] = (float)(beta);
+        a->coef[1 * a->C + c] = (float)(running_mean_v);
+        a->coef[2 * a->C + c] = (float)(y_k_xmu);
+    }
 }
 
 /* Element pass (float) over len contiguous values of channel c starting at off. */
@@ -171,8 +176,7 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_eval_f32_channel(a, c);
+        bnsym_forward_eval_f32_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -221,8 +225,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     if (!need_red) {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_eval_f32_channel(a, c);
+        bnsym_forward_eval_f32_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -383,19 +386,24 @@ typedef struct {
     double *coef; /* element-pass coefficients, [3][C] */
 } bnsym_forward_eval_f64_ctx;
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_forward_eval_f64_channel(const bnsym_forward_eval_f64_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
-    const double running_mean_v = (double)a->running_mean[c];
-    const double running_var_v = (double)a->running_var[c];
-    const double eps = a->eps;
-    const double invstd = 1.0/sqrt(eps + running_var_v);
-    const double y_k_xmu = gamma_v*invstd;
-    a->coef[0 * a->C + c] = (double)(beta);
-    a->coef[1 * a->C + c] = (double)(running_mean_v);
-    a->coef[2 * a->C + c] = (double)(y_k_xmu);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (double)a->running_mean[c];
+        const double running_var_v = (double)a->running_var[c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double y_k_xmu = gamma_v*invstd;
+        a->coef[0 * a->C + c] = (double)(beta);
+        a->coef[1 * a->C + c] = (double)(running_mean_v);
+        a->coef[2 * a->C + c] = (double)(y_k_xmu);
+    }
 }
 
 /* Element pass (double) over len contiguous values of channel c starting at off. */
@@ -466,8 +474,7 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_eval_f64_channel(a, c);
+        bnsym_forward_eval_f64_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -516,8 +523,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     if (!need_red) {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_eval_f64_channel(a, c);
+        bnsym_forward_eval_f64_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {

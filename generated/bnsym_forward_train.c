@@ -180,30 +180,35 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
         sc->psum[j] = 0;
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_forward_train_f32_channel(const bnsym_forward_train_f32_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
-    const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
-    const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
-    const double mean = a->red[0 * a->C + c];
-    const double var = a->red[1 * a->C + c];
-    const double eps = a->eps;
-    const double momentum = a->momentum;
-    const double m = a->m;
-    const double ct0 = 1 - momentum;
-    const double invstd = 1.0/sqrt(eps + var);
-    const double y_k_xmu = gamma_v*invstd;
-    if (a->save_mean != NULL)
-        a->save_mean[c] = (float)(mean);
-    if (a->save_invstd != NULL)
-        a->save_invstd[c] = (float)(invstd);
-    a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
-    a->guard[1 * a->C + c] = ct0*running_var_v + m*momentum*var/(m - 1); /* -> running_var[c] */
-    a->coef[0 * a->C + c] = (float)(beta);
-    a->coef[1 * a->C + c] = (float)(mean);
-    a->coef[2 * a->C + c] = (float)(y_k_xmu);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
+        const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
+        const double mean = a->red[0 * a->C + c];
+        const double var = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double momentum = a->momentum;
+        const double m = a->m;
+        const double ct0 = 1 - momentum;
+        const double invstd = 1.0/sqrt(eps + var);
+        const double y_k_xmu = gamma_v*invstd;
+        if (a->save_mean != NULL)
+            a->save_mean[c] = (float)(mean);
+        if (a->save_invstd != NULL)
+            a->save_invstd[c] = (float)(invstd);
+        a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
+        a->guard[1 * a->C + c] = ct0*running_var_v + m*momentum*var/(m - 1); /* -> running_var[c] */
+        a->coef[0 * a->C + c] = (float)(beta);
+        a->coef[1 * a->C + c] = (float)(mean);
+        a->coef[2 * a->C + c] = (float)(y_k_xmu);
+    }
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -582,8 +587,7 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_train_f32_channel(a, c);
+        bnsym_forward_train_f32_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -610,8 +614,7 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_forward_train_f32_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_forward_train_f32_channel(a, c);
+                bnsym_forward_train_f32_channels(a);
             }
         }
         if (need_elem) {
@@ -687,8 +690,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_train_f32_channel(a, c);
+        bnsym_forward_train_f32_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -714,8 +716,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
                 bnsym_forward_train_f32_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_forward_train_f32_channel(a, jj);
+                bnsym_forward_train_f32_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {
@@ -962,30 +963,35 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
         sc->psum[j] = 0;
 }
 
-/* Per-channel phase (double): definitions, channel stores, element-pass coefficients. */
-static void bnsym_forward_train_f64_channel(const bnsym_forward_train_f64_ctx *a, int64_t c)
+/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+ * channel stores, element-pass coefficients. */
+static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *a)
 {
-    const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
-    const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
-    const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
-    const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
-    const double mean = a->red[0 * a->C + c];
-    const double var = a->red[1 * a->C + c];
-    const double eps = a->eps;
-    const double momentum = a->momentum;
-    const double m = a->m;
-    const double ct0 = 1 - momentum;
-    const double invstd = 1.0/sqrt(eps + var);
-    const double y_k_xmu = gamma_v*invstd;
-    if (a->save_mean != NULL)
-        a->save_mean[c] = (double)(mean);
-    if (a->save_invstd != NULL)
-        a->save_invstd[c] = (double)(invstd);
-    a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
-    a->guard[1 * a->C + c] = ct0*running_var_v + m*momentum*var/(m - 1); /* -> running_var[c] */
-    a->coef[0 * a->C + c] = (double)(beta);
-    a->coef[1 * a->C + c] = (double)(mean);
-    a->coef[2 * a->C + c] = (double)(y_k_xmu);
+    int64_t c;
+    BNSYM_SIMD
+    for (c = 0; c < a->C; ++c) {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
+        const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
+        const double mean = a->red[0 * a->C + c];
+        const double var = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double momentum = a->momentum;
+        const double m = a->m;
+        const double ct0 = 1 - momentum;
+        const double invstd = 1.0/sqrt(eps + var);
+        const double y_k_xmu = gamma_v*invstd;
+        if (a->save_mean != NULL)
+            a->save_mean[c] = (double)(mean);
+        if (a->save_invstd != NULL)
+            a->save_invstd[c] = (double)(invstd);
+        a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
+        a->guard[1 * a->C + c] = ct0*running_var_v + m*momentum*var/(m - 1); /* -> running_var[c] */
+        a->coef[0 * a->C + c] = (double)(beta);
+        a->coef[1 * a->C + c] = (double)(mean);
+        a->coef[2 * a->C + c] = (double)(y_k_xmu);
+    }
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -1364,8 +1370,7 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_train_f64_channel(a, c);
+        bnsym_forward_train_f64_channels(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
@@ -1392,8 +1397,7 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_forward_train_f64_state_finish(a, &st[nt]);
-                for (c = 0; c < C; ++c)
-                    bnsym_forward_train_f64_channel(a, c);
+                bnsym_forward_train_f64_channels(a);
             }
         }
         if (need_elem) {
@@ -1469,8 +1473,7 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        for (c = 0; c < C; ++c)
-            bnsym_forward_train_f64_channel(a, c);
+        bnsym_forward_train_f64_channels(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -1496,8 +1499,7 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
                 bnsym_forward_train_f64_state_finish(a, &st[nt]);
-                for (jj = 0; jj < C; ++jj)
-                    bnsym_forward_train_f64_channel(a, jj);
+                bnsym_forward_train_f64_channels(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {
