@@ -168,8 +168,8 @@ static int call_bwd_eval(int dt, int layout, int64_t N, int64_t C, int64_t S, co
 
 /* ---- one case ---------------------------------------------------------------------------- */
 
-static void run_case(int dt, int layout, int64_t N, int64_t C, int64_t S, double offset, double scale, int nt,
-                     int use_affine)
+static void run_case_drift(int dt, int layout, int64_t N, int64_t C, int64_t S, double offset, double scale, int nt,
+                           int use_affine, double drift)
 {
     const int64_t E = N * C * S;
     const double m = (double)(N * S);
@@ -193,12 +193,17 @@ static void run_case(int dt, int layout, int64_t N, int64_t C, int64_t S, double
     int64_t i, n, c, s;
     int rc;
 
-    snprintf(ctx, sizeof ctx, "%s %s N=%lld C=%lld S=%lld off=%g nt=%d affine=%d", dt == F32 ? "f32" : "f64",
-             layout == NCS ? "ncs" : "nsc", (long long)N, (long long)C, (long long)S, offset, nt, use_affine);
+    snprintf(ctx, sizeof ctx, "%s %s N=%lld C=%lld S=%lld off=%g drift=%g nt=%d affine=%d", dt == F32 ? "f32" : "f64",
+             layout == NCS ? "ncs" : "nsc", (long long)N, (long long)C, (long long)S, offset, drift, nt, use_affine);
     for (i = 0; i < E; ++i) {
         x[i] = offset + scale * rnd();
         dy[i] = rnd();
     }
+    /* a drift along the batch: the first values of a channel are far from its mean */
+    for (n = 0; n < N; ++n)
+        for (c = 0; c < C; ++c)
+            for (s = 0; s < S; ++s)
+                x[idx(layout, N, C, S, n, c, s)] += drift * (double)n;
     for (c = 0; c < C; ++c) {
         w[c] = 1.0 + 0.5 * rnd();
         b[c] = 0.25 * rnd();
@@ -411,6 +416,12 @@ static void run_case(int dt, int layout, int64_t N, int64_t C, int64_t S, double
     free(tdw); free(tdb);
 }
 
+static void run_case(int dt, int layout, int64_t N, int64_t C, int64_t S, double offset, double scale, int nt,
+                     int use_affine)
+{
+    run_case_drift(dt, layout, N, C, S, offset, scale, nt, use_affine, 0.0);
+}
+
 int main(void)
 {
     /* (N, C, S): m = 2, C = 1, S = 1 (rows), odd sizes, strips longer than a block, many
@@ -436,6 +447,14 @@ int main(void)
             run_case(dt, layout, 16, 3, 300, 1e4, 1.0, 1, 1);
             run_case(dt, layout, 100, 5, 1, 1e4, 1.0, 2, 1);
         }
+    /* drifting batches: shifts far from the means must be recentered (both layouts) */
+    for (dt = F32; dt <= F64; ++dt)
+        for (layout = NCS; layout <= NSC; ++layout)
+            for (nt = 1; nt <= 2; ++nt) {
+                run_case_drift(dt, layout, 40, 3, 300, 0.0, 1.0, nt, 1, 0.5);
+                run_case_drift(dt, layout, 200, 70, 1, 0.0, 1.0, nt, 1, 0.05);
+                run_case_drift(dt, layout, 30, 4, 20, 0.0, 1.0, nt, 1, 1.0);
+            }
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
