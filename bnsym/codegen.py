@@ -368,6 +368,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         rin_count=plan.count in rin_inputs,
         red_scalars=[s.name for s in scal_in_red],
         red_count=plan.count in red_chan,
+        group=max(2, 8 // max(1, len([ld for ld in plan.element_loads if ld.symbol in red_elem]))),
         red_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
         red_stmts=stmts_a,
         red_terms=red_terms,

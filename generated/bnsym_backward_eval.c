@@ -33,7 +33,9 @@
 #define BNSYM_GROUP_LANES 2048
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
-/* Minimum rows per block of a rows (nsc) reduction (its per-block work is proportional to C). */
+/* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
+ * proportional to C; a block is summed again from L2 only when it needs recentering). */
+#define BNSYM_ROW_BLOCK 32768
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
@@ -42,12 +44,10 @@
 #define BNSYM_PREFIX 32
 /* Values of a long ncs strip whose mean shifts its channel's sums. */
 #define BNSYM_PREFIX_UNIT 256
-/* Widest lane count reduced tile by tile in registers when the reduction reads several
- * arrays (wider rows then go a few rows at a time over all lanes). */
-#define BNSYM_TILED_MAX 64
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
-/* Terms a lane sums in the array type before adding the partial sum in double. */
+/* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
+ * BNSYM_GROUP divided by the number of arrays their reduction reads, at least 2). */
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */
 #define BNSYM_ROW_LANES 64
@@ -173,18 +173,17 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
- * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
+ * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
+ * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
  * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
     int64_t q0, t, j;
-    if (L % BNSYM_LANES != 0 || (L > BNSYM_TILED_MAX && 2 > 1)) {
-        /* wide rows read from several arrays (tiles would stack their rows in the same L1
-         * sets), or lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L
-         * lanes, partial sums in L1 */
+    if (L % BNSYM_LANES != 0) {
+        /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
+         * partial sums in L1 */
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -237,22 +236,22 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
         }
         nq = 0; /* done; only the tail is left */
     }
-    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
-        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+    for (q0 = 0; q0 < nq; q0 += 4) {
+        const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
             const float *bn_lane_running_mean_v = p->lane + 0 * L + t;
             const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
-            if (gn == BNSYM_GROUP) {
+            if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const float running_mean_v = bn_lane_running_mean_v[j];
                     float bn_s0 = 0;
                     float bn_s1 = 0;
                     int64_t g;
-                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                    for (g = 0; g < 4; ++g) {
                         const float dy = bn_grad_output[g * qstride + j];
                         const float x_v = bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
@@ -592,7 +591,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
-    RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
+    RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
     wsz = bnsym_backward_eval_f32_work_size(C, L, C);
     if (need_red) {
@@ -904,18 +903,17 @@ static void bnsym_backward_eval_f64_channels(const bnsym_backward_eval_f64_ctx *
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1); lane j belongs to channel j % LC. For each group of BNSYM_GROUP
- * super-rows and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
+ * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
+ * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
  * (registers), then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
     const int64_t nq_all = nq;
     int64_t q0, t, j;
-    if (L % BNSYM_LANES != 0 || (L > BNSYM_TILED_MAX && 2 > 1)) {
-        /* wide rows read from several arrays (tiles would stack their rows in the same L1
-         * sets), or lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L
-         * lanes, partial sums in L1 */
+    if (L % BNSYM_LANES != 0) {
+        /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
+         * partial sums in L1 */
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -968,22 +966,22 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
         }
         nq = 0; /* done; only the tail is left */
     }
-    for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
-        const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+    for (q0 = 0; q0 < nq; q0 += 4) {
+        const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
             const double *bn_lane_running_mean_v = p->lane + 0 * L + t;
             const double *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const double *bn_x = a->x + base + q0 * qstride + t;
-            if (gn == BNSYM_GROUP) {
+            if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
                     double bn_s0 = 0;
                     double bn_s1 = 0;
                     int64_t g;
-                    for (g = 0; g < BNSYM_GROUP; ++g) {
+                    for (g = 0; g < 4; ++g) {
                         const double dy = bn_grad_output[g * qstride + j];
                         const double x_v = bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
@@ -1323,7 +1321,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
-    RB = (BNSYM_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_BLOCK / C : BNSYM_BLOCK_ROWS;
+    RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
     wsz = bnsym_backward_eval_f64_work_size(C, L, C);
     if (need_red) {

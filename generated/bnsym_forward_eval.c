@@ -33,7 +33,9 @@
 #define BNSYM_GROUP_LANES 2048
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
-/* Minimum rows per block of a rows (nsc) reduction (its per-block work is proportional to C). */
+/* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
+ * proportional to C; a block is summed again from L2 only when it needs recentering). */
+#define BNSYM_ROW_BLOCK 32768
 #define BNSYM_BLOCK_ROWS 64
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
@@ -42,12 +44,10 @@
 #define BNSYM_PREFIX 32
 /* Values of a long ncs strip whose mean shifts its channel's sums. */
 #define BNSYM_PREFIX_UNIT 256
-/* Widest lane count reduced tile by tile in registers when the reduction reads several
- * arrays (wider rows then go a few rows at a time over all lanes). */
-#define BNSYM_TILED_MAX 64
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
-/* Terms a lane sums in the array type before adding the partial sum in double. */
+/* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
+ * BNSYM_GROUP divided by the number of arrays their reduction reads, at least 2). */
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */
 #define BNSYM_ROW_LANES 64
