@@ -36,7 +36,7 @@
 /* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
  * proportional to C; a block is summed again from L2 only when it needs recentering). */
 #define BNSYM_ROW_BLOCK 32768
-#define BNSYM_BLOCK_ROWS 64
+#define BNSYM_BLOCK_ROWS 256
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
 /* Values per channel whose mean shifts a partial's first block (a block is recentered, i.e.

@@ -36,7 +36,7 @@
 /* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
  * proportional to C; a block is summed again from L2 only when it needs recentering). */
 #define BNSYM_ROW_BLOCK 32768
-#define BNSYM_BLOCK_ROWS 64
+#define BNSYM_BLOCK_ROWS 256
 /* Lanes of a reduction tile: independent accumulators, kept in vector registers. */
 #define BNSYM_LANES 32
 /* Values per channel whose mean shifts a partial's first block (a block is recentered, i.e.
@@ -407,10 +407,24 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
     int64_t u, c, r;
     for (c = 0; c < 1 * LC; ++c)
         p->shift[c] = (double)(float)p->shift[c];
-    for (u = 0; u < L; u += LC * R)
-        for (c = 0; c < LC; ++c)
-            for (r = 0; r < R; ++r)
-                p->lane[0 * L + u + c * R + r] = (float)p->shift[0 * LC + c];
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            float *bn_l = p->lane + 0 * L + u;
+            const double *bn_s = p->shift + 0 * LC;
+            BNSYM_SIMD
+            for (c = 0; c < LC; ++c)
+                bn_l[c] = (float)bn_s[c];
+        }
+    } else {
+        for (u = 0; u < L; u += LC * R)
+            for (c = 0; c < LC; ++c) {
+                float *bn_l = p->lane + 0 * L + u + c * R;
+                const float bn_v = (float)p->shift[0 * LC + c];
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+    }
 }
 
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
@@ -1271,10 +1285,24 @@ static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *
     int64_t u, c, r;
     for (c = 0; c < 1 * LC; ++c)
         p->shift[c] = (double)(double)p->shift[c];
-    for (u = 0; u < L; u += LC * R)
-        for (c = 0; c < LC; ++c)
-            for (r = 0; r < R; ++r)
-                p->lane[0 * L + u + c * R + r] = (double)p->shift[0 * LC + c];
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            double *bn_l = p->lane + 0 * L + u;
+            const double *bn_s = p->shift + 0 * LC;
+            BNSYM_SIMD
+            for (c = 0; c < LC; ++c)
+                bn_l[c] = (double)bn_s[c];
+        }
+    } else {
+        for (u = 0; u < L; u += LC * R)
+            for (c = 0; c < LC; ++c) {
+                double *bn_l = p->lane + 0 * L + u + c * R;
+                const double bn_v = (double)p->shift[0 * LC + c];
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+    }
 }
 
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
