@@ -24,6 +24,14 @@
 #endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_OMP(omp simd)
+/* A cache-line prefetch hint (no effect on results). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNSYM_PREFETCH(address) __builtin_prefetch(address)
+#else
+#define BNSYM_PREFETCH(address) ((void)(address))
+#endif
+/* Row groups a reduction prefetches ahead. */
+#define BNSYM_AHEAD 3
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
@@ -244,6 +252,16 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
+                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
@@ -997,6 +1015,16 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(double))) {
+                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;

@@ -24,6 +24,14 @@
 #endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_OMP(omp simd)
+/* A cache-line prefetch hint (no effect on results). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNSYM_PREFETCH(address) __builtin_prefetch(address)
+#else
+#define BNSYM_PREFETCH(address) ((void)(address))
+#endif
+/* Row groups a reduction prefetches ahead. */
+#define BNSYM_AHEAD 3
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192

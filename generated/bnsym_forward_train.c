@@ -24,6 +24,14 @@
 #endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_OMP(omp simd)
+/* A cache-line prefetch hint (no effect on results). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNSYM_PREFETCH(address) __builtin_prefetch(address)
+#else
+#define BNSYM_PREFETCH(address) ((void)(address))
+#endif
+/* Row groups a reduction prefetches ahead. */
+#define BNSYM_AHEAD 3
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
@@ -299,6 +307,15 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 8) {
         const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
@@ -1177,6 +1194,15 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 8) {
         const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(double))) {
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
