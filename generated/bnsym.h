@@ -26,8 +26,13 @@ extern "C" {
  * "element" arrays hold N*C*S values, "channel" arrays C values. Optional arrays may be NULL:
  * an optional input then takes its default, an optional output is not computed (and work it
  * alone needs is skipped). An element output may alias an element input exactly (in place).
- * Statistics are accumulated in double, with a numerically stable blocked two-pass method;
- * per-channel math is done in double; element math in the array type.
+ * Statistics never use E[x^2] - E[x]^2: values are summed as deviations from a per-channel
+ * shift near the mean (summed again with a better shift when the first was too far off), in
+ * partial sums of a few terms in the array type that are accumulated in double; partial results
+ * are merged with Chan's formula in a fixed order. Per-channel math is done in double, element
+ * math in the array type, in the centered form k*(x - mean) + b.
+ * N, C or S <= 0: nothing is computed or written, 0 is returned. Training with m = 1 gives an
+ * infinite/NaN unbiased running variance (reject it before the call, as PyTorch does).
  * Returns 0 on success, -1 if a workspace allocation failed;
  * forward_train returns 1 when skip_nonfinite is set and the batch statistics are not finite:
  * the running statistics are then left untouched for every channel (other outputs are written).
