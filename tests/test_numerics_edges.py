@@ -157,16 +157,26 @@ def test_float64_offset(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_float32_huge_forward(layout):
-    """|x| ~ 1e30 in float32: the variance (~1e60) exceeds float32 but not the double
-    accumulators: save_invstd finite and right, y right. The running variance itself is
-    ~1e60: it overflows float32 to inf, as the reference rounded to float32 (and PyTorch)."""
+@pytest.mark.parametrize("dtype,big", [(F32, 1e20), (F32, 1e30), (F64, 1e150)])
+@pytest.mark.parametrize("shape", [(2, 1), (6, 3, 17), (64, 2)])
+def test_huge_forward(layout, dtype, big, shape):
+    """|x| ~ 1e20..1e30 in float32: the variance (1e40..1e60) exceeds float32 but not the
+    double accumulators: save_invstd finite and right, y right (1e150 in float64: 1e300 still
+    fits a double). The float32 running variance of ~1e60 overflows to inf, as the reference
+    rounded to float32 (and PyTorch); evaluation with such input and moderate running
+    statistics gives the finite reference too."""
+    if layout == "nsc" and len(shape) == 2:
+        layout = "ncs"
     rng = np.random.default_rng(4)
-    x = arr(1e30 * rng.standard_normal((6, 3, 17)), F32, layout)
-    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
-    y, sm, si = check_forward(x, *params(3, F32), rm, rv, training=True, what="huge float32")
+    x = arr(big * rng.standard_normal(shape), dtype, layout)
+    C = shape[1]
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    y, sm, si = check_forward(x, *params(C, dtype), rm, rv, training=True, what=f"huge {big:g}")
     assert np.isfinite(si).all() and (si > 0).all()
     assert np.isfinite(y).all()
+    rm = (big * rng.uniform(-1, 1, C)).astype(dtype)
+    rv = np.full(C, big, dtype)  # invstd ~ big**-0.5: y ~ big**0.5, finite
+    check_forward(x, *params(C, dtype), rm, rv, training=False, what=f"huge {big:g}, eval")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
