@@ -24,6 +24,8 @@ _LAZY = {
     "set_num_threads": "bnsym.api",
     "get_num_threads": "bnsym.api",
     "BatchNorm": "bnsym.layer",
+    "NonFiniteBatchWarning": "bnsym.api",
+    "CompileError": "bnsym.build",
     "derive": "bnsym.derivation",
 }
 
