@@ -25,7 +25,7 @@ import sympy
 
 from . import _paths
 from .plan import Array, Assign, CenteredMoments, KernelPlan, Store, Sum
-from .printer import cse_statements, make_printer
+from .printer import cse_statements, make_printer, round_to_float32
 
 __all__ = ["render", "write", "check", "cli_generate", "KERNELS", "DTYPES", "LAYOUTS"]
 
@@ -209,9 +209,9 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
 
     # reduction inputs per channel (loads / pre-defs / scalars used by the summands)
     rin_syms = _order([s for s in red_chan if s not in scalar_syms and s != plan.count], names)
-    # The reduction pass (in the array type T, accumulated per lane in short T partial sums that
-    # are added in double): Sum summands, and per CenteredMoments the deviation d = of - shift
-    # from a per-channel shift, whose sums of d and d**2 give the block mean and M2.
+    # The reduction pass (in double: each value converted, then summed; per lane in short partial
+    # sums): Sum summands, and per CenteredMoments the deviation d = of - shift from a
+    # per-channel shift, whose sums of d and d**2 give the block mean and M2.
     ren_a = {s: rn(s) for s in set(red_elem) | set(red_chan)}
     for s in scalar_syms + [plan.count]:
         ren_a[s] = rn(s)
@@ -221,8 +221,8 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         ren_a[sym] = sym
     red_targets = [(f"acc{k}", subst_elem(r.summand)) for k, r in enumerate(sums)]
     red_targets += [(d.name, subst_elem(r.of) - sh) for r, sh, d in zip(moments, shift_syms, dev_syms)]
-    stmts_a, res_a, _ = _block([], red_targets, T, "ra", ren_a)
-    tprinter = make_printer(T)
+    stmts_a, res_a, _ = _block([], red_targets, "double", "ra", ren_a)
+    tprinter = make_printer("double")
     red_terms = list(res_a[: len(sums)])
     for d, rhs in zip(dev_syms, res_a[len(sums):]):
         stmts_a.append((d.name, rhs))
@@ -236,25 +236,58 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     rin_stmts, rin_res, rin_inputs = _block(pre_defs, [(names(s), s) for s in rin_syms], "double", "rs", ren_c)
 
     # ---- element pass -----------------------------------------------------------------------
+    # In float kernels, a per-channel value subtracted from an element value (x - mean) is split
+    # into float hi + lo parts, subtracted one after the other: x - hi is exact near the mean, so
+    # the result keeps the accuracy of the double mean (a single float mean would cost
+    # ulp(mean)/2, large when the mean is large compared with the spread).
+    elem_syms = set(elem_load_syms) | set(elem_def_syms)
+    edefs = list(plan.element_defs)
+    coef_expr: dict[sympy.Symbol, sympy.Expr] = {}
+    if T == "float":
+        split: dict[sympy.Symbol, tuple[sympy.Symbol, sympy.Symbol]] = {}
+        new_defs: list[Assign] = []
+        for d in edefs:
+            e = d.expr
+            if isinstance(e, sympy.Add):
+                chan = [t for t in e.args if not (_free(t) & elem_syms)]
+                rest = [t for t in e.args if _free(t) & elem_syms]
+                if len(chan) == 1 and rest and (chan[0].is_Symbol or (-chan[0]).is_Symbol):
+                    sgn, c = (1, chan[0]) if chan[0].is_Symbol else (-1, -chan[0])
+                    if c not in split:
+                        hi, lo = _sym(f"bn_{names(c)}_hi"), _sym(f"bn_{names(c)}_lo")
+                        names.map[hi], names.map[lo] = hi.name, lo.name
+                        split[c] = (hi, lo)
+                        coef_expr[hi] = c
+                        coef_expr[lo] = c - round_to_float32(c)
+                    hi, lo = split[c]
+                    h = _sym(f"bn_h{len(new_defs)}")
+                    names.map[h] = h.name
+                    new_defs.append(Assign(h, sympy.Add(*rest) + sgn * hi))
+                    new_defs.append(Assign(d.symbol, h + sgn * lo))
+                    elem_syms.add(h)
+                    continue
+            new_defs.append(d)
+        edefs = new_defs
+    elem_def_syms_all = {d.symbol for d in edefs}
     elem_targets = [(st.array, st.expr) for st in plan.element_stores]
-    needed_edefs = _needed_defs(plan.element_defs, [e for _, e in elem_targets])
+    needed_edefs = _needed_defs(edefs, [e for _, e in elem_targets])
     e_in: set[sympy.Symbol] = set()
     for e in [d.expr for d in needed_edefs] + [e for _, e in elem_targets]:
         e_in |= _free(e)
     e_in -= {d.symbol for d in needed_edefs}
     e_loads = [ld for ld in plan.element_loads if ld.symbol in e_in]
     coef_syms = _order([s for s in e_in if s not in elem_load_syms], names)
-    ren_e = {s: rn(s) for s in set(elem_load_syms) | set(elem_def_syms)}
+    ren_e = {s: rn(s) for s in set(elem_load_syms) | elem_def_syms_all}
     for s in coef_syms:
         ren_e[s] = rn(s, "_t")
-    stmts_e, res_e, _ = _block(plan.element_defs, elem_targets, T, "et", ren_e)
+    stmts_e, res_e, _ = _block(edefs, elem_targets, T, "et", ren_e)
 
     # ---- channel phase ---------------------------------------------------------------------
     chan_targets = []
     for st in plan.channel_stores:
         chan_targets.append((st.array, st.expr))
     for s in coef_syms:
-        chan_targets.append((names(s), s))
+        chan_targets.append((names(s), coef_expr.get(s, s)))
     stmts_c, res_c, chan_inputs = _block(plan.channel_defs, chan_targets, "double", "ct", ren_c)
     n_st = len(plan.channel_stores)
     chan_stores = []

@@ -19,7 +19,7 @@ from sympy.codegen.ast import float32, float64, real
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.precedence import PRECEDENCE
 
-__all__ = ["BnCPrinter", "make_printer", "cse_statements", "MAX_EXPANDED_POWER"]
+__all__ = ["BnCPrinter", "make_printer", "cse_statements", "round_to_float32", "MAX_EXPANDED_POWER"]
 
 #: Largest integer exponent written as a product (larger ones fall back to ``pow``, which the
 #: tests forbid in generated C; no BN kernel needs more than 3).
@@ -67,6 +67,18 @@ class BnCPrinter(C99CodePrinter):
             return text
         return super().parenthesize(item, level, strict)
 
+
+class round_to_float32(sympy.Function):
+    """``(double)(float)(v)``: v rounded to float32 and back (for a hi/lo split of a double)."""
+
+    nargs = 1
+
+
+def _print_round_to_float32(self, expr):
+    return f"(double)(float)({self._print(expr.args[0])})"
+
+
+BnCPrinter._print_round_to_float32 = _print_round_to_float32
 
 _PRINTERS: dict[str, BnCPrinter] = {}
 

@@ -115,8 +115,8 @@ typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    float *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_backward_eval_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -124,7 +124,7 @@ static size_t bnsym_backward_eval_f32_work_size(int64_t C, int64_t L, int64_t LC
 {
     const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -139,12 +139,12 @@ static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st,
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (float *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -181,9 +181,10 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -196,22 +197,22 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
             for (g = 0; g < gn; g += h) {
-                float *bn_s0 = p->psum + 0 * L;
-                float *bn_s1 = p->psum + 1 * L;
-                const float *bn_lane_running_mean_v = p->lane + 0 * L;
+                double *bn_s0 = p->psum + 0 * L;
+                double *bn_s1 = p->psum + 1 * L;
+                const double *bn_lane_running_mean_v = p->lane + 0 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
                 if (h == BNSYM_WIDE_ROWS) {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float running_mean_v = bn_lane_running_mean_v[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double running_mean_v = bn_lane_running_mean_v[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const float dy = bn_grad_output[hh * qstride + j];
-                            const float x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy*(-running_mean_v + x_v);
                             bn_r1 += dy;
                         }
@@ -221,13 +222,13 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                 } else {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float running_mean_v = bn_lane_running_mean_v[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double running_mean_v = bn_lane_running_mean_v[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const float dy = bn_grad_output[hh * qstride + j];
-                            const float x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy*(-running_mean_v + x_v);
                             bn_r1 += dy;
                         }
@@ -238,8 +239,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -259,40 +260,40 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
-            const float *bn_lane_running_mean_v = p->lane + 0 * L + t;
+            const double *bn_lane_running_mean_v = p->lane + 0 * L + t;
             const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
             if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float running_mean_v = bn_lane_running_mean_v[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double running_mean_v = bn_lane_running_mean_v[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
-                        const float dy = bn_grad_output[g * qstride + j];
-                        const float x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float running_mean_v = bn_lane_running_mean_v[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double running_mean_v = bn_lane_running_mean_v[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const float dy = bn_grad_output[g * qstride + j];
-                        const float x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -301,11 +302,11 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
         const float *bn_grad_output = a->grad_output + base + nq_all * qstride;
         const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
-            const float running_mean_v = p->lane[0 * L + j];
-            const float dy = bn_grad_output[j];
-            const float x_v = bn_x[j];
-            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
-            p->acc[1 * L + j] += (double)(dy);
+            const double running_mean_v = p->lane[0 * L + j];
+            const double dy = (double)bn_grad_output[j];
+            const double x_v = (double)bn_x[j];
+            p->acc[0 * L + j] += dy*(-running_mean_v + x_v);
+            p->acc[1 * L + j] += dy;
         }
     }
 }
@@ -419,7 +420,7 @@ static void bnsym_backward_eval_f32_ncs_range(const bnsym_backward_eval_f32_ctx 
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = (float)a->rin[0 * C + cu];
+            sc->lane[0 * L + j] = a->rin[0 * C + cu];
         sc->acc = clanes + cu * 2 * L;
         bnsym_backward_eval_f32_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -541,7 +542,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
                     int64_t cc, r;
                     for (cc = 0; cc < LC; ++cc)
                         for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = (float)a->rin[0 * C + c0 + cc];
+                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
                         }
                     bnsym_backward_eval_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
@@ -550,7 +551,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
                     int64_t j;
                     for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = (float)a->rin[0 * C + cu];
+                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
                     bnsym_backward_eval_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -654,7 +655,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
             int tt;
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = (float)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_eval_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
@@ -855,8 +856,8 @@ typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    double *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_backward_eval_f64_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -864,7 +865,7 @@ static size_t bnsym_backward_eval_f64_work_size(int64_t C, int64_t L, int64_t LC
 {
     const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -879,12 +880,12 @@ static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st,
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (double *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -921,9 +922,10 @@ static void bnsym_backward_eval_f64_channels(const bnsym_backward_eval_f64_ctx *
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -946,12 +948,12 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const double dy = bn_grad_output[hh * qstride + j];
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy*(-running_mean_v + x_v);
                             bn_r1 += dy;
                         }
@@ -962,12 +964,12 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const double dy = bn_grad_output[hh * qstride + j];
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy*(-running_mean_v + x_v);
                             bn_r1 += dy;
                         }
@@ -978,8 +980,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1006,33 +1008,33 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
-                        const double dy = bn_grad_output[g * qstride + j];
-                        const double x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const double dy = bn_grad_output[g * qstride + j];
-                        const double x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -1042,10 +1044,10 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
         const double *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const double running_mean_v = p->lane[0 * L + j];
-            const double dy = bn_grad_output[j];
-            const double x_v = bn_x[j];
-            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
-            p->acc[1 * L + j] += (double)(dy);
+            const double dy = (double)bn_grad_output[j];
+            const double x_v = (double)bn_x[j];
+            p->acc[0 * L + j] += dy*(-running_mean_v + x_v);
+            p->acc[1 * L + j] += dy;
         }
     }
 }
@@ -1159,7 +1161,7 @@ static void bnsym_backward_eval_f64_ncs_range(const bnsym_backward_eval_f64_ctx 
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = (double)a->rin[0 * C + cu];
+            sc->lane[0 * L + j] = a->rin[0 * C + cu];
         sc->acc = clanes + cu * 2 * L;
         bnsym_backward_eval_f64_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -1281,7 +1283,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
                     int64_t cc, r;
                     for (cc = 0; cc < LC; ++cc)
                         for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = (double)a->rin[0 * C + c0 + cc];
+                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
                         }
                     bnsym_backward_eval_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
@@ -1290,7 +1292,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
                     int64_t j;
                     for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = (double)a->rin[0 * C + cu];
+                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
                     bnsym_backward_eval_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -1394,7 +1396,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
             int tt;
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = (double)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_eval_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);

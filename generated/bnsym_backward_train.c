@@ -98,7 +98,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [1][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    float *coef; /* element-pass coefficients, [4][C] */
+    float *coef; /* element-pass coefficients, [5][C] */
 } bnsym_backward_train_f32_ctx;
 
 /* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
@@ -114,8 +114,8 @@ typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    float *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_backward_train_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -123,7 +123,7 @@ static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t L
 {
     const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -138,12 +138,12 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (float *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -179,17 +179,19 @@ static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx
             a->grad_weight[c] = (float)(invstd*sum_dy_xmu);
         if (a->grad_bias != NULL)
             a->grad_bias[c] = (float)(sum_dy);
-        a->coef[0 * a->C + c] = (float)(dx_k0);
-        a->coef[1 * a->C + c] = (float)(dx_k_dy);
-        a->coef[2 * a->C + c] = (float)(dx_k_xmu);
-        a->coef[3 * a->C + c] = (float)(mean);
+        a->coef[0 * a->C + c] = (float)(mean);
+        a->coef[1 * a->C + c] = (float)(mean - (double)(float)(mean));
+        a->coef[2 * a->C + c] = (float)(dx_k0);
+        a->coef[3 * a->C + c] = (float)(dx_k_dy);
+        a->coef[4 * a->C + c] = (float)(dx_k_xmu);
     }
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -202,22 +204,22 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
             for (g = 0; g < gn; g += h) {
-                float *bn_s0 = p->psum + 0 * L;
-                float *bn_s1 = p->psum + 1 * L;
-                const float *bn_lane_mean = p->lane + 0 * L;
+                double *bn_s0 = p->psum + 0 * L;
+                double *bn_s1 = p->psum + 1 * L;
+                const double *bn_lane_mean = p->lane + 0 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
                 if (h == BNSYM_WIDE_ROWS) {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float mean = bn_lane_mean[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double mean = bn_lane_mean[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const float dy = bn_grad_output[hh * qstride + j];
-                            const float x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy;
                             bn_r1 += dy*(-mean + x_v);
                         }
@@ -227,13 +229,13 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                 } else {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float mean = bn_lane_mean[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double mean = bn_lane_mean[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const float dy = bn_grad_output[hh * qstride + j];
-                            const float x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy;
                             bn_r1 += dy*(-mean + x_v);
                         }
@@ -244,8 +246,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -265,40 +267,40 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
-            const float *bn_lane_mean = p->lane + 0 * L + t;
+            const double *bn_lane_mean = p->lane + 0 * L + t;
             const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
             if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float mean = bn_lane_mean[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double mean = bn_lane_mean[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
-                        const float dy = bn_grad_output[g * qstride + j];
-                        const float x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy;
                         bn_s1 += dy*(-mean + x_v);
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float mean = bn_lane_mean[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double mean = bn_lane_mean[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const float dy = bn_grad_output[g * qstride + j];
-                        const float x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy;
                         bn_s1 += dy*(-mean + x_v);
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -307,11 +309,11 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
         const float *bn_grad_output = a->grad_output + base + nq_all * qstride;
         const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
-            const float mean = p->lane[0 * L + j];
-            const float dy = bn_grad_output[j];
-            const float x_v = bn_x[j];
-            p->acc[0 * L + j] += (double)(dy);
-            p->acc[1 * L + j] += (double)(dy*(-mean + x_v));
+            const double mean = p->lane[0 * L + j];
+            const double dy = (double)bn_grad_output[j];
+            const double x_v = (double)bn_x[j];
+            p->acc[0 * L + j] += dy;
+            p->acc[1 * L + j] += dy*(-mean + x_v);
         }
     }
 }
@@ -425,7 +427,7 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = (float)a->rin[0 * C + cu];
+            sc->lane[0 * L + j] = a->rin[0 * C + cu];
         sc->acc = clanes + cu * 2 * L;
         bnsym_backward_train_f32_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -445,10 +447,11 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
 static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
-    const float dx_k0_t = a->coef[0 * a->C + c];
-    const float dx_k_dy_t = a->coef[1 * a->C + c];
-    const float dx_k_xmu_t = a->coef[2 * a->C + c];
-    const float mean_t = a->coef[3 * a->C + c];
+    const float bn_mean_hi_t = a->coef[0 * a->C + c];
+    const float bn_mean_lo_t = a->coef[1 * a->C + c];
+    const float dx_k0_t = a->coef[2 * a->C + c];
+    const float dx_k_dy_t = a->coef[3 * a->C + c];
+    const float dx_k_xmu_t = a->coef[4 * a->C + c];
     const float *bn_grad_output = a->grad_output + off;
     const float *bn_x = a->x + off;
     float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
@@ -456,7 +459,8 @@ static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32
     for (j = 0; j < len; ++j) {
         const float dy = bn_grad_output[j];
         const float x_v = bn_x[j];
-        const float xmu = -mean_t + x_v;
+        const float bn_h0 = -bn_mean_hi_t + x_v;
+        const float xmu = bn_h0 - bn_mean_lo_t;
         bn_grad_input[j] = dx_k0_t + dx_k_dy_t*dy + dx_k_xmu_t*xmu;
     }
 }
@@ -466,10 +470,11 @@ static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32
 static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L)
 {
     int64_t j0;
-    const float *bn_lane_dx_k0 = lanes + 0 * L;
-    const float *bn_lane_dx_k_dy = lanes + 1 * L;
-    const float *bn_lane_dx_k_xmu = lanes + 2 * L;
-    const float *bn_lane_mean = lanes + 3 * L;
+    const float *bn_lane_bn_mean_hi = lanes + 0 * L;
+    const float *bn_lane_bn_mean_lo = lanes + 1 * L;
+    const float *bn_lane_dx_k0 = lanes + 2 * L;
+    const float *bn_lane_dx_k_dy = lanes + 3 * L;
+    const float *bn_lane_dx_k_xmu = lanes + 4 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -478,13 +483,15 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
         float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
+            const float bn_mean_hi_t = bn_lane_bn_mean_hi[j];
+            const float bn_mean_lo_t = bn_lane_bn_mean_lo[j];
             const float dx_k0_t = bn_lane_dx_k0[j];
             const float dx_k_dy_t = bn_lane_dx_k_dy[j];
             const float dx_k_xmu_t = bn_lane_dx_k_xmu[j];
-            const float mean_t = bn_lane_mean[j];
             const float dy = bn_grad_output[j];
             const float x_v = bn_x[j];
-            const float xmu = -mean_t + x_v;
+            const float bn_h0 = -bn_mean_hi_t + x_v;
+            const float xmu = bn_h0 - bn_mean_lo_t;
             bn_grad_input[j] = dx_k0_t + dx_k_dy_t*dy + dx_k_xmu_t*xmu;
         }
     }
@@ -562,7 +569,7 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
                     int64_t cc, r;
                     for (cc = 0; cc < LC; ++cc)
                         for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = (float)a->rin[0 * C + c0 + cc];
+                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
                         }
                     bnsym_backward_train_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
@@ -571,7 +578,7 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
                     int64_t j;
                     for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = (float)a->rin[0 * C + cu];
+                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
                     bnsym_backward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -648,7 +655,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         bnsym_backward_train_f32_reduction_inputs(a);
     }
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)5 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             free(wbuf);
             free(st);
@@ -667,6 +674,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                     lanes[3 * Le + j + c] = a->coef[3 * C + c];
+                    lanes[4 * Le + j + c] = a->coef[4 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -678,7 +686,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
             int tt;
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = (float)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
@@ -697,6 +705,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                             lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
                             lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
                             lanes[3 * Le + r + jj] = a->coef[3 * C + jj];
+                            lanes[4 * Le + r + jj] = a->coef[4 * C + jj];
                         }
             }
         }
@@ -763,7 +772,7 @@ int bnsym_backward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(1 + 2 + 0) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)5 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -830,7 +839,7 @@ int bnsym_backward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(1 + 2 + 0) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)5 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -877,8 +886,8 @@ typedef struct {
     double *shift; /* [0][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    double *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_backward_train_f64_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -886,7 +895,7 @@ static size_t bnsym_backward_train_f64_work_size(int64_t C, int64_t L, int64_t L
 {
     const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -901,12 +910,12 @@ static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *s
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (double *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -950,9 +959,10 @@ static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 4 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -975,12 +985,12 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const double dy = bn_grad_output[hh * qstride + j];
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy;
                             bn_r1 += dy*(-mean + x_v);
                         }
@@ -991,12 +1001,12 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const double dy = bn_grad_output[hh * qstride + j];
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double dy = (double)bn_grad_output[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             bn_r0 += dy;
                             bn_r1 += dy*(-mean + x_v);
                         }
@@ -1007,8 +1017,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1035,33 +1045,33 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
-                        const double dy = bn_grad_output[g * qstride + j];
-                        const double x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy;
                         bn_s1 += dy*(-mean + x_v);
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const double dy = bn_grad_output[g * qstride + j];
-                        const double x_v = bn_x[g * qstride + j];
+                        const double dy = (double)bn_grad_output[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         bn_s0 += dy;
                         bn_s1 += dy*(-mean + x_v);
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -1071,10 +1081,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
         const double *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const double mean = p->lane[0 * L + j];
-            const double dy = bn_grad_output[j];
-            const double x_v = bn_x[j];
-            p->acc[0 * L + j] += (double)(dy);
-            p->acc[1 * L + j] += (double)(dy*(-mean + x_v));
+            const double dy = (double)bn_grad_output[j];
+            const double x_v = (double)bn_x[j];
+            p->acc[0 * L + j] += dy;
+            p->acc[1 * L + j] += dy*(-mean + x_v);
         }
     }
 }
@@ -1188,7 +1198,7 @@ static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ct
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = (double)a->rin[0 * C + cu];
+            sc->lane[0 * L + j] = a->rin[0 * C + cu];
         sc->acc = clanes + cu * 2 * L;
         bnsym_backward_train_f64_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -1325,7 +1335,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
                     int64_t cc, r;
                     for (cc = 0; cc < LC; ++cc)
                         for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = (double)a->rin[0 * C + c0 + cc];
+                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
                         }
                     bnsym_backward_train_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
@@ -1334,7 +1344,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
                     int64_t j;
                     for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = (double)a->rin[0 * C + cu];
+                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
                     bnsym_backward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -1441,7 +1451,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
             int tt;
             for (r = 0; r < L; r += C)
                 for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = (double)a->rin[0 * C + jj];
+                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);

@@ -97,7 +97,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [0][C] */
     double *red;   /* reduction results per channel, [0][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    float *coef; /* element-pass coefficients, [3][C] */
+    float *coef; /* element-pass coefficients, [4][C] */
 } bnsym_forward_eval_f32_ctx;
 
 /* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
@@ -116,7 +116,8 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a)
         const double y_k_xmu = gamma_v*invstd;
         a->coef[0 * a->C + c] = (float)(beta);
         a->coef[1 * a->C + c] = (float)(running_mean_v);
-        a->coef[2 * a->C + c] = (float)(y_k_xmu);
+        a->coef[2 * a->C + c] = (float)(running_mean_v - (double)(float)(running_mean_v));
+        a->coef[3 * a->C + c] = (float)(y_k_xmu);
     }
 }
 
@@ -125,14 +126,16 @@ static void bnsym_forward_eval_f32_elements_ncs(const bnsym_forward_eval_f32_ctx
 {
     int64_t j;
     const float beta_t = a->coef[0 * a->C + c];
-    const float running_mean_v_t = a->coef[1 * a->C + c];
-    const float y_k_xmu_t = a->coef[2 * a->C + c];
+    const float bn_running_mean_v_hi_t = a->coef[1 * a->C + c];
+    const float bn_running_mean_v_lo_t = a->coef[2 * a->C + c];
+    const float y_k_xmu_t = a->coef[3 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
-        const float xmu = -running_mean_v_t + x_v;
+        const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
+        const float xmu = bn_h0 - bn_running_mean_v_lo_t;
         bn_y[j] = beta_t + xmu*y_k_xmu_t;
     }
 }
@@ -143,8 +146,9 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
 {
     int64_t j0;
     const float *bn_lane_beta = lanes + 0 * L;
-    const float *bn_lane_running_mean_v = lanes + 1 * L;
-    const float *bn_lane_y_k_xmu = lanes + 2 * L;
+    const float *bn_lane_bn_running_mean_v_hi = lanes + 1 * L;
+    const float *bn_lane_bn_running_mean_v_lo = lanes + 2 * L;
+    const float *bn_lane_y_k_xmu = lanes + 3 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -153,10 +157,12 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
             const float beta_t = bn_lane_beta[j];
-            const float running_mean_v_t = bn_lane_running_mean_v[j];
+            const float bn_running_mean_v_hi_t = bn_lane_bn_running_mean_v_hi[j];
+            const float bn_running_mean_v_lo_t = bn_lane_bn_running_mean_v_lo[j];
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
-            const float xmu = -running_mean_v_t + x_v;
+            const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
+            const float xmu = bn_h0 - bn_running_mean_v_lo_t;
             bn_y[j] = beta_t + xmu*y_k_xmu_t;
         }
     }
@@ -229,7 +235,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     int64_t c, j;
     (void)nt;
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             return -1;
         }
@@ -244,6 +250,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
                     lanes[0 * Le + j + c] = a->coef[0 * C + c];
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
+                    lanes[3 * Le + j + c] = a->coef[3 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -304,7 +311,7 @@ int bnsym_forward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 0 + 0) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -365,7 +372,7 @@ int bnsym_forward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 0 + 0) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);

@@ -144,7 +144,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [0][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [2][C] */
-    float *coef; /* element-pass coefficients, [3][C] */
+    float *coef; /* element-pass coefficients, [4][C] */
 } bnsym_forward_train_f32_ctx;
 
 /* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
@@ -160,8 +160,8 @@ typedef struct {
     double *shift; /* [1][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    float *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    float *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_forward_train_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -169,7 +169,7 @@ static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC
 {
     const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
         + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -184,12 +184,12 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     sc->shift = st->sum + 0 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (float *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
@@ -219,7 +219,8 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         a->guard[1 * a->C + c] = ct0*running_var_v + m*momentum*var/(m - 1); /* -> running_var[c] */
         a->coef[0 * a->C + c] = (float)(beta);
         a->coef[1 * a->C + c] = (float)(mean);
-        a->coef[2 * a->C + c] = (float)(y_k_xmu);
+        a->coef[2 * a->C + c] = (float)(mean - (double)(float)(mean));
+        a->coef[3 * a->C + c] = (float)(y_k_xmu);
     }
 }
 
@@ -243,9 +244,10 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 8 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in float
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 8 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -258,21 +260,21 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
             for (g = 0; g < gn; g += h) {
-                float *bn_s0 = p->psum + 0 * L;
-                float *bn_s1 = p->psum + 1 * L;
-                const float *bn_lane_bn_shift0 = p->lane + 0 * L;
+                double *bn_s0 = p->psum + 0 * L;
+                double *bn_s1 = p->psum + 1 * L;
+                const double *bn_lane_bn_shift0 = p->lane + 0 * L;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
                 if (h == BNSYM_WIDE_ROWS) {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float bn_shift0 = bn_lane_bn_shift0[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double bn_shift0 = bn_lane_bn_shift0[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const float x_v = bn_x[hh * qstride + j];
-                            const float bn_d0 = -bn_shift0 + x_v;
+                            const double x_v = (double)bn_x[hh * qstride + j];
+                            const double bn_d0 = -bn_shift0 + x_v;
                             bn_r0 += bn_d0;
                             bn_r1 += bn_d0*bn_d0;
                         }
@@ -282,13 +284,13 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                 } else {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float bn_shift0 = bn_lane_bn_shift0[j];
-                        float bn_r0 = 0;
-                        float bn_r1 = 0;
+                        const double bn_shift0 = bn_lane_bn_shift0[j];
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const float x_v = bn_x[hh * qstride + j];
-                            const float bn_d0 = -bn_shift0 + x_v;
+                            const double x_v = (double)bn_x[hh * qstride + j];
+                            const double bn_d0 = -bn_shift0 + x_v;
                             bn_r0 += bn_d0;
                             bn_r1 += bn_d0*bn_d0;
                         }
@@ -299,8 +301,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -319,39 +321,39 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
-            const float *bn_lane_bn_shift0 = p->lane + 0 * L + t;
+            const double *bn_lane_bn_shift0 = p->lane + 0 * L + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
             if (gn == 8) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float bn_shift0 = bn_lane_bn_shift0[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double bn_shift0 = bn_lane_bn_shift0[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 8; ++g) {
-                        const float x_v = bn_x[g * qstride + j];
-                        const float bn_d0 = -bn_shift0 + x_v;
+                        const double x_v = (double)bn_x[g * qstride + j];
+                        const double bn_d0 = -bn_shift0 + x_v;
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float bn_shift0 = bn_lane_bn_shift0[j];
-                    float bn_s0 = 0;
-                    float bn_s1 = 0;
+                    const double bn_shift0 = bn_lane_bn_shift0[j];
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const float x_v = bn_x[g * qstride + j];
-                        const float bn_d0 = -bn_shift0 + x_v;
+                        const double x_v = (double)bn_x[g * qstride + j];
+                        const double bn_d0 = -bn_shift0 + x_v;
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -359,11 +361,11 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
     {
         const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
-            const float bn_shift0 = p->lane[0 * L + j];
-            const float x_v = bn_x[j];
-            const float bn_d0 = -bn_shift0 + x_v;
-            p->acc[0 * L + j] += (double)(bn_d0);
-            p->acc[1 * L + j] += (double)(bn_d0*bn_d0);
+            const double bn_shift0 = p->lane[0 * L + j];
+            const double x_v = (double)bn_x[j];
+            const double bn_d0 = -bn_shift0 + x_v;
+            p->acc[0 * L + j] += bn_d0;
+            p->acc[1 * L + j] += bn_d0*bn_d0;
         }
     }
 }
@@ -417,26 +419,27 @@ static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx
 }
 
 
-/* The per-lane shifts (float) from the per-channel ones, which are rounded to float so that
- * the block's mean is recovered from the shift that was actually subtracted. */
+/* The per-lane shifts from the per-channel ones; a shift that is not finite (a channel holding
+ * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values. */
 static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
     for (c = 0; c < 1 * LC; ++c)
-        p->shift[c] = (double)(float)p->shift[c];
+        if (!isfinite(p->shift[c]))
+            p->shift[c] = 0.0;
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
-            float *bn_l = p->lane + 0 * L + u;
+            double *bn_l = p->lane + 0 * L + u;
             const double *bn_s = p->shift + 0 * LC;
             BNSYM_SIMD
             for (c = 0; c < LC; ++c)
-                bn_l[c] = (float)bn_s[c];
+                bn_l[c] = bn_s[c];
         }
     } else {
         for (u = 0; u < L; u += LC * R)
             for (c = 0; c < LC; ++c) {
-                float *bn_l = p->lane + 0 * L + u + c * R;
-                const float bn_v = (float)p->shift[0 * LC + c];
+                double *bn_l = p->lane + 0 * L + u + c * R;
+                const double bn_v = p->shift[0 * LC + c];
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
@@ -568,11 +571,12 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
                 sc->shift[j] = 0.0;
             bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
             bnsym_forward_train_f32_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail);
-            cshift[0 * C + cu] = (double)(float)bnsym_stat_mean(sc->bacc[0],
+            cshift[0 * C + cu] = bnsym_stat_mean(sc->bacc[0],
                 (double)(nq0 > 0 ? nq0 * L : tail));
         }
         sc->shift[0] = cshift[0 * C + cu];
         bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
+        cshift[0 * C + cu] = sc->shift[0];
         sc->acc = clanes + cu * 2 * L;
         bnsym_forward_train_f32_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -610,14 +614,16 @@ static void bnsym_forward_train_f32_elements_ncs(const bnsym_forward_train_f32_c
 {
     int64_t j;
     const float beta_t = a->coef[0 * a->C + c];
-    const float mean_t = a->coef[1 * a->C + c];
-    const float y_k_xmu_t = a->coef[2 * a->C + c];
+    const float bn_mean_hi_t = a->coef[1 * a->C + c];
+    const float bn_mean_lo_t = a->coef[2 * a->C + c];
+    const float y_k_xmu_t = a->coef[3 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
-        const float xmu = -mean_t + x_v;
+        const float bn_h0 = -bn_mean_hi_t + x_v;
+        const float xmu = bn_h0 - bn_mean_lo_t;
         bn_y[j] = beta_t + xmu*y_k_xmu_t;
     }
 }
@@ -628,8 +634,9 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
 {
     int64_t j0;
     const float *bn_lane_beta = lanes + 0 * L;
-    const float *bn_lane_mean = lanes + 1 * L;
-    const float *bn_lane_y_k_xmu = lanes + 2 * L;
+    const float *bn_lane_bn_mean_hi = lanes + 1 * L;
+    const float *bn_lane_bn_mean_lo = lanes + 2 * L;
+    const float *bn_lane_y_k_xmu = lanes + 3 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -638,10 +645,12 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
             const float beta_t = bn_lane_beta[j];
-            const float mean_t = bn_lane_mean[j];
+            const float bn_mean_hi_t = bn_lane_bn_mean_hi[j];
+            const float bn_mean_lo_t = bn_lane_bn_mean_lo[j];
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
-            const float xmu = -mean_t + x_v;
+            const float bn_h0 = -bn_mean_hi_t + x_v;
+            const float xmu = bn_h0 - bn_mean_lo_t;
             bn_y[j] = beta_t + xmu*y_k_xmu_t;
         }
     }
@@ -795,7 +804,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
             bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
     }
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             free(wbuf);
             free(st);
@@ -813,6 +822,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                     lanes[0 * Le + j + c] = a->coef[0 * C + c];
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
+                    lanes[3 * Le + j + c] = a->coef[3 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -839,6 +849,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                             lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
                             lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
                             lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
+                            lanes[3 * Le + r + jj] = a->coef[3 * C + jj];
                         }
             }
         }
@@ -916,7 +927,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 2 + 2) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -996,7 +1007,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 2 + 2) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -1047,8 +1058,8 @@ typedef struct {
     double *shift; /* [1][LC] the block's shift (a value near the mean) */
     double *bacc;  /* [2][LC] the block's sums */
     double *acc;   /* [2][L] lane accumulators */
-    double *lane; /* [1][L] lane inputs: reduction inputs, shifts */
-    double *psum; /* [2][L] partial sums of wide rows */
+    double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
+    double *psum;  /* [2][L] partial sums of wide rows */
 } bnsym_forward_train_f64_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -1056,7 +1067,7 @@ static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC
 {
     const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
         + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + ((size_t)(1 + 2) * (size_t)L * sizeof(double) + 7) / 8;
+        + (size_t)(1 + 2) * (size_t)L;
     return (n + 15) / 8 * 8;
 }
 
@@ -1071,12 +1082,12 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     sc->shift = st->sum + 0 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->acc = sc->bacc + 2 * LC;
-    sc->lane = (double *)(sc->acc + 2 * L);
+    sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0;
+        sc->psum[j] = 0.0;
 }
 
 /* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
@@ -1130,9 +1141,10 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). For each group of 8 super-rows (fewer when reading more arrays,
- * so that a tile's rows do not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in double
- * (registers), then adds that partial sum to its double accumulator. */
+ * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
+ * 8 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
+ * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
+ * adds that partial sum to its accumulator. */
 static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1154,11 +1166,11 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             const double bn_d0 = -bn_shift0 + x_v;
                             bn_r0 += bn_d0;
                             bn_r1 += bn_d0*bn_d0;
@@ -1170,11 +1182,11 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0;
-                        double bn_r1 = 0;
+                        double bn_r0 = 0.0;
+                        double bn_r1 = 0.0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
-                            const double x_v = bn_x[hh * qstride + j];
+                            const double x_v = (double)bn_x[hh * qstride + j];
                             const double bn_d0 = -bn_shift0 + x_v;
                             bn_r0 += bn_d0;
                             bn_r1 += bn_d0*bn_d0;
@@ -1186,8 +1198,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += (double)p->psum[j];
-                p->psum[j] = 0;
+                p->acc[j] += p->psum[j];
+                p->psum[j] = 0.0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1212,33 +1224,33 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < 8; ++g) {
-                        const double x_v = bn_x[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         const double bn_d0 = -bn_shift0 + x_v;
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0;
-                    double bn_s1 = 0;
+                    double bn_s0 = 0.0;
+                    double bn_s1 = 0.0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
-                        const double x_v = bn_x[g * qstride + j];
+                        const double x_v = (double)bn_x[g * qstride + j];
                         const double bn_d0 = -bn_shift0 + x_v;
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += (double)bn_s0;
-                    bn_acc1[j] += (double)bn_s1;
+                    bn_acc0[j] += bn_s0;
+                    bn_acc1[j] += bn_s1;
                 }
             }
         }
@@ -1247,10 +1259,10 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
         const double *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const double bn_shift0 = p->lane[0 * L + j];
-            const double x_v = bn_x[j];
+            const double x_v = (double)bn_x[j];
             const double bn_d0 = -bn_shift0 + x_v;
-            p->acc[0 * L + j] += (double)(bn_d0);
-            p->acc[1 * L + j] += (double)(bn_d0*bn_d0);
+            p->acc[0 * L + j] += bn_d0;
+            p->acc[1 * L + j] += bn_d0*bn_d0;
         }
     }
 }
@@ -1304,26 +1316,27 @@ static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx
 }
 
 
-/* The per-lane shifts (double) from the per-channel ones, which are rounded to double so that
- * the block's mean is recovered from the shift that was actually subtracted. */
+/* The per-lane shifts from the per-channel ones; a shift that is not finite (a channel holding
+ * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values. */
 static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
     for (c = 0; c < 1 * LC; ++c)
-        p->shift[c] = (double)(double)p->shift[c];
+        if (!isfinite(p->shift[c]))
+            p->shift[c] = 0.0;
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
             double *bn_l = p->lane + 0 * L + u;
             const double *bn_s = p->shift + 0 * LC;
             BNSYM_SIMD
             for (c = 0; c < LC; ++c)
-                bn_l[c] = (double)bn_s[c];
+                bn_l[c] = bn_s[c];
         }
     } else {
         for (u = 0; u < L; u += LC * R)
             for (c = 0; c < LC; ++c) {
                 double *bn_l = p->lane + 0 * L + u + c * R;
-                const double bn_v = (double)p->shift[0 * LC + c];
+                const double bn_v = p->shift[0 * LC + c];
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
@@ -1455,11 +1468,12 @@ static void bnsym_forward_train_f64_ncs_range(const bnsym_forward_train_f64_ctx 
                 sc->shift[j] = 0.0;
             bnsym_forward_train_f64_set_shifts(sc, L, 1, L);
             bnsym_forward_train_f64_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail);
-            cshift[0 * C + cu] = (double)(double)bnsym_stat_mean(sc->bacc[0],
+            cshift[0 * C + cu] = bnsym_stat_mean(sc->bacc[0],
                 (double)(nq0 > 0 ? nq0 * L : tail));
         }
         sc->shift[0] = cshift[0 * C + cu];
         bnsym_forward_train_f64_set_shifts(sc, L, 1, L);
+        cshift[0 * C + cu] = sc->shift[0];
         sc->acc = clanes + cu * 2 * L;
         bnsym_forward_train_f64_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
