@@ -363,8 +363,12 @@ def _train_plans(d: Derivation) -> list[KernelPlan]:
         returns_skip_flag=True,
     )
 
-    bb = _PlanBuilder([dy, xmu])
-    grads = {k: kb.rewrite(d.adjoints[n].expanded) for k, n in GRADIENTS.items()}
+    # backward: in the basis dy, xhat (the paper's), so that every per-channel coefficient is
+    # of the output's own scale: with xmu the coefficient gamma*invstd**3*sum(dy*xmu)/m
+    # underflows for inputs of magnitude 1e13 in float32 (1e100 in float64).
+    xhat = g.symbol("xhat")
+    bb = _PlanBuilder([dy, xhat])
+    grads = {k: d.paper_basis.rewrite(d.adjoints[n].expanded) for k, n in GRADIENTS.items()}
     dx_expr = bb.element("dx", grads["dx"])
     backward = KernelPlan(
         name="backward_train",
@@ -379,7 +383,7 @@ def _train_plans(d: Derivation) -> list[KernelPlan]:
         channel_loads=[ChannelLoad(gamma, "weight", sympy.Integer(1)),
                        ChannelLoad(mean, "save_mean"), ChannelLoad(invstd, "save_invstd")],
         element_loads=[ElementLoad(dy, "grad_output"), ElementLoad(x, "x")],
-        element_defs=[Assign(xmu, g["xmu"].expr)],
+        element_defs=[Assign(xmu, g["xmu"].expr), Assign(xhat, g["xhat"].expr)],
         element_stores=[Store("grad_input", dx_expr)],
     )
     backward.channel_stores = [Store("grad_weight", bb.channel(grads["dgamma"])),
@@ -414,6 +418,8 @@ def _eval_plans(d: Derivation) -> list[KernelPlan]:
         element_stores=[Store("y", y_expr)],
     )
 
+    # invstd comes from running_var here, a per-channel def computed after the reduction pass:
+    # the reduction stays in the xmu basis (dx = gamma*invstd*dy has no xmu term).
     bb = _PlanBuilder([dy, xmu])
     grads = {k: kb.rewrite(d.adjoints[n].expanded) for k, n in GRADIENTS.items()}
     dx_expr = bb.element("dx", grads["dx"])

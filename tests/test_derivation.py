@@ -159,12 +159,12 @@ def test_plans_compute_batch_norm(count):
 def test_backward_plan_inner_loop_is_a_cheap_linear_form():
     plan = build_plans()["backward_train"]
     (store,) = plan.element_stores
-    xmu = sympy.Symbol("xmu", real=True)
-    poly = sympy.Poly(store.expr, dy, xmu)
+    xhat_ = sympy.Symbol("xhat", real=True)
+    poly = sympy.Poly(store.expr, dy, xhat_)
     assert poly.total_degree() == 1
     # every coefficient is a per-channel symbol computed once, not an expression per element
     assert all(c.is_Symbol for c in poly.coeffs())
-    assert {r.symbol.name for r in plan.reductions if isinstance(r, Sum)} == {"sum_dy", "sum_dy_xmu"}
+    assert {r.symbol.name for r in plan.reductions if isinstance(r, Sum)} == {"sum_dy", "sum_dy_xhat"}
     assert [type(r) for r in build_plans()["forward_train"].reductions] == [CenteredMoments]
 
 
