@@ -309,10 +309,14 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
                                  ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
     N = shape[0]
     if training:
-        if (rm is not None and rv is not None
-                and (rm is rv or not (rm.flags.owndata and rv.flags.owndata))
-                and prm < prv + C and prv < prm + C):  # two distinct allocations never overlap
-            raise ValueError("running_mean overlaps running_var in memory")
+        # running statistics are written in place: they must not overlap any other operand
+        # (two distinct allocations never overlap: decided without comparing pointers)
+        stats_ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
+                     ("running_mean", prm), ("running_var", prv))
+        for name, arr, ptr in (("running_mean", rm, prm), ("running_var", rv, prv)):
+            if arr is not None and not (arr.flags.owndata and all(
+                    arr is not o for o in (x, out, w, b, rm if arr is rv else rv))):
+                _overlap(name, ptr, stats_ops, NULL)
         if want_save:
             user_sm, user_si = save_mean is not None, save_invstd is not None
             if save_mean is None:
