@@ -711,6 +711,21 @@ def run(cfg: BenchConfig, log=None) -> dict:
     return report
 
 
+def _git_state() -> str:
+    """``<commit>[ (dirty)]`` of the source checkout bnsym runs from, or ``""``."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + (" (dirty)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _meta(cfg: BenchConfig) -> dict:
     import cffi  # noqa: PLC0415
 
@@ -734,6 +749,8 @@ def _meta(cfg: BenchConfig) -> dict:
     except OSError:
         pass
     return {
+        "git": _git_state(),
+        "kernel_dir": os.environ.get("BNSYM_KERNEL_DIR") or "(package default)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "units": "times and medians in seconds per call; sweep in ns per element; ratios are time ratios",
         "bnsym": version, "python": platform.python_version(), "numpy": np.__version__,
@@ -1128,8 +1145,11 @@ def fmt_ratio(r) -> str:
 def format_report(report: dict) -> str:
     lines = []
     meta = report["meta"]
-    lines.append(f"bnsym bench  {meta['date']}  bnsym {meta['bnsym']}, numpy {meta['numpy']}, "
-                 f"torch {meta.get('torch', 'absent')}, python {meta['python']}")
+    lines.append(f"bnsym bench  {meta['date']}  bnsym {meta['bnsym']}"
+                 + (f" (git {meta['git']})" if meta.get("git") else "")
+                 + f", numpy {meta['numpy']}, torch {meta.get('torch', 'absent')}, python {meta['python']}")
+    if meta.get("kernel_dir", "").startswith("/"):
+        lines.append(f"kernels from BNSYM_KERNEL_DIR={meta['kernel_dir']}")
     lines.append(f"cpu: {meta['cpu']} ({meta['cpus']} cpus); floor/bnsym flags: {' '.join(meta['cflags'])}")
     pr = meta["protocol"]
     lines.append(f"median of >= {pr['min_samples']} samples and >= {pr['min_time_s']} s (<= {pr['max_samples']}), "
