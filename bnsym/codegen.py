@@ -25,7 +25,7 @@ import sympy
 
 from . import _paths
 from .plan import Array, Assign, CenteredMoments, KernelPlan, Store, Sum
-from .printer import cse_statements, make_printer, round_to_float32
+from .printer import cse_program, is_finite, make_printer, round_to_float32
 
 __all__ = ["render", "write", "check", "cli_generate", "KERNELS", "DTYPES", "LAYOUTS"]
 
@@ -130,6 +130,7 @@ def _block(
     ctype: str,
     temp_prefix: str,
     rename: dict[sympy.Symbol, sympy.Symbol],
+    first: set[str] | None = None,
 ):
     """CSE and print ``defs`` (only those needed) and the ``targets``.
 
@@ -139,16 +140,14 @@ def _block(
     """
     needed = _needed_defs(defs, [e for _, e in targets])
     assigns = [(d.symbol, d.expr) for d in needed]
-    items = [(rename[s].name, e) for s, e in assigns] + [(f"__target{k}", e) for k, (_, e) in enumerate(targets)]
-    printer = make_printer(ctype)
-    temps, res = cse_statements(items, printer, temp_prefix, rename)
+    printer = make_printer(ctype, first=first)
+    stmts, results = cse_program([(rename[s].name, e) for s, e in assigns], [e for _, e in targets],
+                                 printer, temp_prefix, rename)
     defined = {s for s, _ in assigns}
     inputs: set[sympy.Symbol] = set()
-    for _, e in items:
+    for e in [e for _, e in assigns] + [e for _, e in targets]:
         inputs |= _free(e)
     inputs -= defined
-    stmts = temps + res[: len(assigns)]
-    results = [rhs for _, rhs in res[len(assigns):]]
     # sympy.cse may pull a whole target into a temporary: results are then temp names, fine.
     return stmts, results, inputs
 
@@ -282,13 +281,48 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         ren_e[s] = rn(s, "_t")
     stmts_e, res_e, _ = _block(edefs, elem_targets, T, "et", ren_e)
 
+    # Float kernels also get the element pass in double (the plan's own element defs, double
+    # coefficients), used for a call in which some float coefficient would be out of the
+    # float range (|x| ~ 1e30 makes gamma*invstd**3*sum ~ 1e-60): the values are read as float,
+    # computed in double and rounded once when stored.
+    wide = None
+    if T == "float":
+        w_in: set[sympy.Symbol] = set()
+        w_defs = _needed_defs(plan.element_defs, [e for _, e in elem_targets])
+        for e in [d.expr for d in w_defs] + [e for _, e in elem_targets]:
+            w_in |= _free(e)
+        w_in -= {d.symbol for d in w_defs}
+        w_coefs = _order([s for s in w_in if s not in elem_load_syms], names)
+        ren_w = {s: rn(s) for s in set(elem_load_syms) | set(elem_def_syms)}
+        for s in w_coefs:
+            ren_w[s] = rn(s, "_d")
+        w_stmts, w_res, _ = _block(plan.element_defs, elem_targets, "double", "ew", ren_w)
+        wide = dict(coef_syms=w_coefs, stmts=w_stmts, res=w_res,
+                    loads=[ld for ld in plan.element_loads if ld.symbol in w_in])
+
     # ---- channel phase ---------------------------------------------------------------------
     chan_targets = []
     for st in plan.channel_stores:
         chan_targets.append((st.array, st.expr))
     for s in coef_syms:
         chan_targets.append((names(s), coef_expr.get(s, s)))
-    stmts_c, res_c, chan_inputs = _block(plan.channel_defs, chan_targets, "double", "ct", ren_c)
+    n_wide = 0
+    if wide is not None:
+        for s in wide["coef_syms"]:
+            chan_targets.append((names(s) + "_d", s))
+        # a float coefficient out of range: finite, nonzero and below 2**-100 or above 2**100
+        big, small = sympy.Float(2.0**100), sympy.Float(2.0**-100)
+        conds = []
+        for s in coef_syms:
+            v = coef_expr.get(s, s)
+            conds.append(sympy.And(is_finite(v), sympy.Ne(v, 0),
+                                   sympy.Or(sympy.StrictLessThan(sympy.Abs(v), small),
+                                            sympy.StrictGreaterThan(sympy.Abs(v), big))))
+        chan_targets.append(("bn_wide", sympy.Or(*conds) if conds else sympy.false))
+        n_wide = len(wide["coef_syms"])
+    red_first = {names(x) for x in red_syms}
+    stmts_c, res_c, chan_inputs = _block(plan.channel_defs, chan_targets, "double", "ct", ren_c,
+                                         first=red_first)
     n_st = len(plan.channel_stores)
     chan_stores = []
     guards = []
@@ -301,7 +335,19 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         else:
             chan_stores.append(item)
     coefs = [dict(name=names(s), tname=names(s) + "_t", expr=rhs, slot=k)
-             for k, (s, rhs) in enumerate(zip(coef_syms, res_c[n_st:]))]
+             for k, (s, rhs) in enumerate(zip(coef_syms, res_c[n_st:n_st + len(coef_syms)]))]
+    wide_data = None
+    if wide is not None:
+        off = n_st + len(coef_syms)
+        wide_data = dict(
+            coefs=[dict(name=names(s), dname=names(s) + "_d", expr=rhs, slot=k)
+                   for k, (s, rhs) in enumerate(zip(wide["coef_syms"], res_c[off:off + n_wide]))],
+            flag=res_c[off + n_wide],
+            loads=[dict(name=names(ld.symbol), array=ld.array) for ld in wide["loads"]],
+            stmts=wide["stmts"],
+            stores=[dict(array=st.array, expr=rhs, optional=arrays[st.array].optional)
+                    for st, rhs in zip(plan.element_stores, wide["res"])],
+        )
 
     # inputs of the channel phase
     def loads_for(inputs):
@@ -415,6 +461,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         chan_stores=chan_stores,
         guards=guards,
         coefs=coefs,
+        wide=wide_data,
         # element pass
         e_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in e_loads],
         e_stmts=stmts_e,

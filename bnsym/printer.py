@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import sympy
 from sympy.codegen.ast import float32, float64, real
+from sympy.logic.boolalg import BooleanFunction
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.precedence import PRECEDENCE
 
-__all__ = ["BnCPrinter", "make_printer", "cse_statements", "round_to_float32", "MAX_EXPANDED_POWER"]
+__all__ = ["BnCPrinter", "make_printer", "cse_program", "cse_statements", "round_to_float32", "is_finite", "MAX_EXPANDED_POWER"]
 
 #: Largest integer exponent written as a product (larger ones fall back to ``pow``, which the
 #: tests forbid in generated C; no BN kernel needs more than 3).
@@ -57,6 +58,12 @@ class BnCPrinter(C99CodePrinter):
                 return f"{self._one()}/{positive}"
         return super()._print_Pow(expr)
 
+    def _print_And(self, expr):
+        return " && ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " || ".join(f"({self._print(a)})" for a in expr.args)
+
     def parenthesize(self, item, level, strict=False):
         # A Pow printed as a product or a quotient is wrapped whenever it is an operand: SymPy's
         # Mul printer puts it after "/" at Add precedence (-1/b**2), where "b*b" would be wrong.
@@ -80,19 +87,118 @@ def _print_round_to_float32(self, expr):
 
 BnCPrinter._print_round_to_float32 = _print_round_to_float32
 
-_PRINTERS: dict[str, BnCPrinter] = {}
+
+class is_finite(BooleanFunction):
+    """C99 ``isfinite(v)`` (a boolean-valued function for range tests)."""
+
+    nargs = 1
 
 
-def make_printer(ctype: str = "double") -> BnCPrinter:
-    """A (cached) printer for ``double`` or ``float`` arithmetic."""
+def _print_is_finite(self, expr):
+    return f"isfinite({self._print(expr.args[0])})"
+
+
+BnCPrinter._print_is_finite = _print_is_finite
+
+_PRINTERS: dict[tuple, BnCPrinter] = {}
+
+
+class BnOrderedPrinter(BnCPrinter):
+    """Prints a product's numerator factors that depend on ``first`` symbols (the reductions)
+    first, and integer powers as repeated factors in line, so that C multiplies left to right
+    as ``sum*invstd*invstd*invstd``: a huge sum meets the small factors one at a time and no
+    partial product (``invstd**3`` alone) leaves the floating-point range needlessly."""
+
+    def __init__(self, settings=None, first=frozenset()):
+        super().__init__(settings)
+        self._first = frozenset(first)
+
+    def _print_Mul(self, expr):
+        coeff, factors = expr.as_coeff_mul()
+        num, den = [], []
+        for f in factors:
+            if f.is_Pow and f.exp.is_Rational and f.exp.is_negative:
+                den.append(sympy.Pow(f.base, -f.exp))
+            else:
+                num.append(f)
+        if not den and not any(f.is_Pow for f in num) and len(num) < 2:
+            return super()._print_Mul(expr)
+
+        def key(f):
+            names = {str(x) for x in f.free_symbols}
+            return (0 if names & self._first else 1, str(f))
+
+        parts: list[str] = []
+        for f in sorted(num, key=key):
+            if f.is_Pow and f.exp.is_Integer and 1 < int(f.exp) <= MAX_EXPANDED_POWER:
+                parts += [self.parenthesize(f.base, PRECEDENCE["Mul"])] * int(f.exp)
+            else:
+                parts.append(self.parenthesize(f, PRECEDENCE["Mul"]))
+        sign = ""
+        if coeff == -1:
+            sign = "-"
+        elif coeff != 1:
+            parts.insert(0, self.parenthesize(coeff, PRECEDENCE["Mul"]))
+        text = "*".join(parts) if parts else self._print(sympy.S.One)
+        if den:
+            dens = [self.parenthesize(d, PRECEDENCE["Mul"]) for d in den]
+            text += "/" + (dens[0] if len(dens) == 1 else "(" + "*".join(dens) + ")")
+        return sign + text
+
+
+def make_printer(ctype: str = "double", first=None) -> BnCPrinter:
+    """A (cached) printer for ``double`` or ``float`` arithmetic; with ``first`` (symbol names),
+    products print those symbols' factors first (see :class:`BnOrderedPrinter`)."""
     if ctype not in ("double", "float"):
         raise ValueError(f"unsupported C type {ctype!r}")
-    printer = _PRINTERS.get(ctype)
+    key = (ctype, frozenset(first or ()))
+    printer = _PRINTERS.get(key)
     if printer is None:
         alias = float32 if ctype == "float" else float64
-        printer = BnCPrinter({"type_aliases": {real: alias}})
-        _PRINTERS[ctype] = printer
+        settings = {"type_aliases": {real: alias}}
+        printer = BnOrderedPrinter(settings, first=key[1]) if first else BnCPrinter(settings)
+        _PRINTERS[key] = printer
     return printer
+
+
+def cse_program(
+    defs: Sequence[tuple[str, sympy.Expr]],
+    targets: Sequence[sympy.Expr],
+    printer: BnCPrinter,
+    temp_prefix: str,
+    rename: dict[sympy.Symbol, sympy.Symbol] | None = None,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """CSE of named definitions and target expressions, as a straight-line program.
+
+    ``defs`` are ``(name, expr)`` pairs whose names later expressions may use; ``targets`` are
+    the values wanted. Returns ``(statements, results)``: statements ``(name, c_expression)``
+    (cse temporaries and definitions) in an order where each statement follows everything it
+    reads (Kahn's algorithm, always taking the earliest ready statement: temporaries in cse
+    order first, then definitions in their order), and the printed targets.
+    """
+    rename = rename or {}
+    exprs = [sympy.sympify(e).xreplace(rename) for _, e in defs]
+    exprs += [sympy.sympify(e).xreplace(rename) for e in targets]
+    temps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(temp_prefix), order="canonical")
+    nodes = [(sym.name, val) for sym, val in temps]
+    nodes += [(name, val) for (name, _), val in zip(defs, reduced[: len(defs)])]
+    produced = {name for name, _ in nodes}
+    deps = [{x.name for x in val.free_symbols} & produced - {name} for name, val in nodes]
+    done: set[str] = set()
+    order: list[int] = []
+    pending = list(range(len(nodes)))
+    while pending:
+        for k in pending:
+            if deps[k] <= done:
+                order.append(k)
+                done.add(nodes[k][0])
+                pending.remove(k)
+                break
+        else:
+            raise ValueError("cse_program: cyclic definitions")
+    stmts = [(nodes[k][0], printer.doprint(nodes[k][1])) for k in order]
+    results = [printer.doprint(val) for val in reduced[len(defs):]]
+    return stmts, results
 
 
 def cse_statements(

@@ -422,6 +422,73 @@ static void run_case(int dt, int layout, int64_t N, int64_t C, int64_t S, double
     run_case_drift(dt, layout, N, C, S, offset, scale, nt, use_affine, 0.0);
 }
 
+/* float32 values near 1e33: the statistics (variance ~1e66) and per-channel coefficients
+ * (~1e-33) leave the float range; outputs of unit scale must still be right. */
+static void run_huge(int layout, int nt)
+{
+    const int64_t N = 5, C = 3, S = 40, E = N * C * S;
+    const double big = 1e33, eps = 1e-5;
+    double *x = calloc((size_t)E, sizeof(double)), *dy = calloc((size_t)E, sizeof(double));
+    double *ref = calloc((size_t)E, sizeof(double)), *got = calloc((size_t)E, sizeof(double));
+    double mean[3], var[3], inv[3], sdy[3], sdyx[3];
+    float *tx, *ty, *tdy, sm[3], si[3];
+    char ctx[96];
+    int64_t i, n, c, s;
+    snprintf(ctx, sizeof ctx, "f32 huge %s nt=%d", layout == NCS ? "ncs" : "nsc", nt);
+    for (i = 0; i < E; ++i) {
+        x[i] = (double)(float)(big * rnd());
+        dy[i] = (double)(float)rnd();
+    }
+    ref_stats(layout, N, C, S, x, mean, var);
+    for (c = 0; c < C; ++c)
+        inv[c] = 1.0 / sqrt(var[c] + eps);
+    tx = to_t(F32, x, E);
+    ty = to_t(F32, x, E);
+    tdy = to_t(F32, dy, E);
+    expect_int("huge forward status", ctx,
+               call_fwd_train(F32, layout, N, C, S, tx, ty, NULL, NULL, NULL, NULL, sm, si, eps, 0.1, 0, nt), 0);
+    for (n = 0; n < N; ++n)
+        for (c = 0; c < C; ++c)
+            for (s = 0; s < S; ++s) {
+                const int64_t k = idx(layout, N, C, S, n, c, s);
+                ref[k] = (x[k] - mean[c]) * inv[c];
+            }
+    from_t(F32, ty, got, E);
+    expect_close("huge forward y", ctx, got, ref, E, 1e-5, 1e-5);
+    for (c = 0; c < C; ++c) {
+        got[c] = si[c];
+        ref[c] = inv[c];
+    }
+    expect_close("huge forward save_invstd", ctx, got, ref, C, 1e-5, 0.0);
+    /* backward with the double statistics rounded to float */
+    for (c = 0; c < C; ++c) {
+        sm[c] = (float)mean[c];
+        si[c] = (float)inv[c];
+        mean[c] = sm[c];
+        inv[c] = si[c];
+        sdy[c] = 0.0;
+        sdyx[c] = 0.0;
+        for (n = 0; n < N; ++n)
+            for (s = 0; s < S; ++s) {
+                const int64_t k = idx(layout, N, C, S, n, c, s);
+                sdy[c] += dy[k];
+                sdyx[c] += dy[k] * (x[k] - mean[c]) * inv[c];
+            }
+    }
+    for (n = 0; n < N; ++n)
+        for (c = 0; c < C; ++c)
+            for (s = 0; s < S; ++s) {
+                const int64_t k = idx(layout, N, C, S, n, c, s);
+                const double xhat = (x[k] - mean[c]) * inv[c];
+                ref[k] = inv[c] / (double)(N * S) * ((double)(N * S) * dy[k] - sdy[c] - xhat * sdyx[c]);
+            }
+    expect_int("huge backward status", ctx,
+               call_bwd_train(F32, layout, N, C, S, tdy, tx, NULL, sm, si, ty, NULL, NULL, nt), 0);
+    from_t(F32, ty, got, E);
+    expect_close("huge backward grad_input", ctx, got, ref, E, 1e-4, 1e-4 * 1e-33);
+    free(x); free(dy); free(ref); free(got); free(tx); free(ty); free(tdy);
+}
+
 int main(void)
 {
     /* (N, C, S): m = 2, C = 1, S = 1 (rows), odd sizes, strips longer than a block, many
@@ -455,6 +522,9 @@ int main(void)
                 run_case_drift(dt, layout, 200, 70, 1, 0.0, 1.0, nt, 1, 0.05);
                 run_case_drift(dt, layout, 30, 4, 20, 0.0, 1.0, nt, 1, 1.0);
             }
+    for (layout = NCS; layout <= NSC; ++layout)
+        for (nt = 1; nt <= 2; ++nt)
+            run_huge(layout, nt);
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
