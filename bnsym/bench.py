@@ -1068,6 +1068,9 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
         entry = {"all": geomean(sp), "n": sum(1 for v in sp if v)}
         for t in cfg.threads:
             entry[f"{t}t"] = geomean(r["speedup_vs_torch"] for r in rows if r["pass"] == p and r["threads"] == t)
+        clean = [r["speedup_vs_torch"] for r in rows if r["pass"] == p and not r.get("contended")]
+        entry["clean"] = geomean(clean)
+        entry["n_clean"] = sum(1 for v in clean if v)
         geo[p] = entry
     targets = []
 
@@ -1192,6 +1195,8 @@ def format_report(report: dict) -> str:
             if not g or g.get("n", 0) == 0:
                 continue
             per_t = ", ".join(f"{k}: {fmt_ratio(v)}x" for k, v in g.items() if k.endswith("t"))
+            if g.get("n_clean", g["n"]) < g["n"]:
+                per_t += f"; without the ~ cells: {fmt_ratio(g.get('clean'))}x over {g['n_clean']}"
             lines.append(f"  {PASS_LABEL[p]:<9} {fmt_ratio(g['all'])}x over {g['n']} cells ({per_t})")
     if report.get("sweep"):
         lines.append("")
@@ -1431,6 +1436,7 @@ def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:
                         "leave the CPUs idle (default 5, 0 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
+    p.add_argument("--from-json", metavar="FILE", help="measure nothing: print (and --plot) a report saved with --json")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="always show the progress bar (default: only on a terminal)")
@@ -1479,8 +1485,14 @@ def main(argv=None, prog="bnsym bench") -> int:
         except ImportError:
             print("bnsym bench: error: --plot needs matplotlib (pip install 'bnsym[bench]')", file=sys.stderr)
             return 2
-    cfg = config_from_args(ns)
-    report = run(cfg)
+    if ns.from_json:  # re-print (and re-plot) a saved report, with the summary recomputed
+        report = json.loads(Path(ns.from_json).read_text(encoding="utf-8"))
+        c = report["meta"].get("config", {})
+        cfg = BenchConfig(threads=tuple(c.get("threads", (1, 2))), quick=c.get("quick", False))
+        report["summary"] = summarize(report, cfg)
+    else:
+        cfg = config_from_args(ns)
+        report = run(cfg)
     sys.stdout.write(format_report(report) + "\n")
     sys.stdout.flush()
     if ns.json:

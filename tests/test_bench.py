@@ -272,3 +272,13 @@ def test_measure_and_contention_flags():
     assert bench.contended({"others_cpu": 0.0}, ncpu) is False
     assert bench.contended({"others_cpu": float(ncpu)}, 1) is True
     assert bench.wait_quiet(0) == 0.0
+
+
+def test_from_json_reprints_the_same_table(tmp_path, capsys, fake_api):
+    report, out = _run(tmp_path, capsys, ["--threads", "1", "--dtypes", "float32", "--no-overheads"])
+    rc = bench.main(["--from-json", str(tmp_path / "bench.json")])
+    again = capsys.readouterr().out
+    assert rc == 0
+    table = [ln for ln in out.splitlines() if ln.startswith(("16x8 ", "2x4x3x3 "))]
+    assert table == [ln for ln in again.splitlines() if ln.startswith(("16x8 ", "2x4x3x3 "))]
+    assert "targets:" in again
