@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # the benchmark parses its own options (argparse's REMAINDER refuses a leading '-x')
+        args = argparse.Namespace(bench_args=argv[1:], handler=("bnsym.bench", "cli_bench"))
+    else:
+        args = parser.parse_args(argv)
     module_name, func_name = args.handler
     handler = getattr(importlib.import_module(module_name), func_name)
     try:

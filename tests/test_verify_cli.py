@@ -67,3 +67,10 @@ def test_bad_cli_arguments_give_one_line_and_nonzero_exit(args):
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_bench_options_reach_the_benchmark():
+    p = run("bench", "--help")
+    assert p.returncode == 0 and "--quick" in p.stdout
+    p = run("bench", "--bogus")
+    assert p.returncode == 2 and "--bogus" in p.stderr
