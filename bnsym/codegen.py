@@ -220,12 +220,25 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         ren_a[sym] = sym
     red_targets = [(f"acc{k}", subst_elem(r.summand)) for k, r in enumerate(sums)]
     red_targets += [(d.name, subst_elem(r.of) - sh) for r, sh, d in zip(moments, shift_syms, dev_syms)]
-    stmts_a, res_a, _ = _block([], red_targets, "double", "ra", ren_a)
-    tprinter = make_printer("double")
-    red_terms = list(res_a[: len(sums)])
-    for d, rhs in zip(dev_syms, res_a[len(sums):]):
-        stmts_a.append((d.name, rhs))
-        red_terms += [tprinter.doprint(d), tprinter.doprint(d**2)]
+    def red_program(ctype):
+        st, res, _ = _block([], red_targets, ctype, "ra", ren_a)
+        pr = make_printer(ctype)
+        terms = list(res[: len(sums)])
+        for d, rhs in zip(dev_syms, res[len(sums):]):
+            st.append((d.name, rhs))
+            terms += [pr.doprint(d), pr.doprint(d**2)]
+        return st, terms
+
+    stmts_a, red_terms = red_program("double")
+    red_variants = [dict(suffix="", ct="double", lane="lane", psum="psum", stmts=stmts_a, terms=red_terms)]
+    # Float kernels whose reductions read no per-channel input but the shifts (the forward
+    # statistics) also get a float pass: each lane sums a few terms in float, then adds them in
+    # double; a block whose sums show a value out of float's comfortable range is summed again
+    # by the double pass (exact arithmetic on the shifted values either way).
+    red_t = T == "float" and not rin_syms and bool(red_targets)
+    if red_t:
+        st_t, terms_t = red_program("float")
+        red_variants.append(dict(suffix="_t", ct="float", lane="lanet", psum="psumt", stmts=st_t, terms=terms_t))
     scal_in_red = [s for s in scalar_syms if s in red_chan]
 
     # reduction-input stage (per channel, before the reductions): loads and pre-defs
@@ -448,6 +461,8 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         red_scalars=[s.name for s in scal_in_red],
         red_count=plan.count in red_chan,
         group=max(2, 8 // max(1, len([ld for ld in plan.element_loads if ld.symbol in red_elem]))),
+        red_variants=red_variants,
+        red_t=red_t,
         red_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
         red_stmts=stmts_a,
         red_terms=red_terms,
@@ -498,6 +513,8 @@ def _stats_helpers() -> dict:
         block_m2=p.doprint(s2 - s1**2 / n),
         # more than half of s2 would cancel: the shift is too far from the mean, recenter
         recenter=p.doprint(sympy.StrictGreaterThan(s1**2, n * s2 / 2)),
+        # sums taken in float are usable: finite, and the squares not in float's tiny range
+        t_ok=p.doprint(sympy.And(is_finite(s1), is_finite(s2), sympy.StrictGreaterThan(s2, n * sympy.Float(2.0**-100)))),
     )
 
 

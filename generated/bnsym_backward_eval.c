@@ -196,11 +196,11 @@ static int bnsym_backward_eval_f32_needs_wide(const bnsym_backward_eval_f32_ctx 
     return 0;
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -223,8 +223,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -239,8 +239,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -255,8 +255,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -283,8 +283,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -292,15 +292,15 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -308,8 +308,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -321,8 +321,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             const double running_mean_v = p->lane[0 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += dy*(-running_mean_v + x_v);
-            p->acc[1 * L + j] += dy;
+            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
+            p->acc[1 * L + j] += (double)(dy);
         }
     }
 }
@@ -362,7 +362,7 @@ static void bnsym_backward_eval_f32_fold(const double *acc, double *bacc, int64_
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
@@ -372,6 +372,7 @@ static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx
     else
         for (g = 0; g < nseg; ++g)
             bnsym_backward_eval_f32_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_backward_eval_f32_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -387,7 +388,7 @@ static void bnsym_backward_eval_f32_reduce_block(const bnsym_backward_eval_f32_c
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_eval_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
+    bnsym_backward_eval_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
@@ -981,11 +982,11 @@ static void bnsym_backward_eval_f64_channels(const bnsym_backward_eval_f64_ctx *
     }
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1008,8 +1009,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -1024,8 +1025,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double running_mean_v = bn_lane_running_mean_v[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -1040,8 +1041,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1068,8 +1069,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -1077,15 +1078,15 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double running_mean_v = bn_lane_running_mean_v[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -1093,8 +1094,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                         bn_s0 += dy*(-running_mean_v + x_v);
                         bn_s1 += dy;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -1106,8 +1107,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
             const double running_mean_v = p->lane[0 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += dy*(-running_mean_v + x_v);
-            p->acc[1 * L + j] += dy;
+            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
+            p->acc[1 * L + j] += (double)(dy);
         }
     }
 }
@@ -1147,7 +1148,7 @@ static void bnsym_backward_eval_f64_fold(const double *acc, double *bacc, int64_
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_backward_eval_f64_block_sums(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
@@ -1157,6 +1158,7 @@ static void bnsym_backward_eval_f64_block_sums(const bnsym_backward_eval_f64_ctx
     else
         for (g = 0; g < nseg; ++g)
             bnsym_backward_eval_f64_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_backward_eval_f64_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -1172,7 +1174,7 @@ static void bnsym_backward_eval_f64_reduce_block(const bnsym_backward_eval_f64_c
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_eval_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
+    bnsym_backward_eval_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];

@@ -215,11 +215,11 @@ static int bnsym_backward_train_f32_needs_wide(const bnsym_backward_train_f32_ct
     return 0;
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -244,8 +244,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                     for (j = 0; j < L; ++j) {
                         const double invstd = bn_lane_invstd[j];
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -261,8 +261,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                     for (j = 0; j < L; ++j) {
                         const double invstd = bn_lane_invstd[j];
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -277,8 +277,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -307,8 +307,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double invstd = bn_lane_invstd[j];
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -316,16 +316,16 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                         bn_s0 += dy;
                         bn_s1 += dy*invstd*(-mean + x_v);
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double invstd = bn_lane_invstd[j];
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -333,8 +333,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                         bn_s0 += dy;
                         bn_s1 += dy*invstd*(-mean + x_v);
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -347,8 +347,8 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
             const double mean = p->lane[1 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += dy;
-            p->acc[1 * L + j] += dy*invstd*(-mean + x_v);
+            p->acc[0 * L + j] += (double)(dy);
+            p->acc[1 * L + j] += (double)(dy*invstd*(-mean + x_v));
         }
     }
 }
@@ -388,7 +388,7 @@ static void bnsym_backward_train_f32_fold(const double *acc, double *bacc, int64
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
@@ -398,6 +398,7 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
     else
         for (g = 0; g < nseg; ++g)
             bnsym_backward_train_f32_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_backward_train_f32_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -413,7 +414,7 @@ static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
+    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
@@ -1082,11 +1083,11 @@ static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx
     }
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 4 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1111,8 +1112,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                     for (j = 0; j < L; ++j) {
                         const double invstd = bn_lane_invstd[j];
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -1128,8 +1129,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                     for (j = 0; j < L; ++j) {
                         const double invstd = bn_lane_invstd[j];
                         const double mean = bn_lane_mean[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
@@ -1144,8 +1145,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1174,8 +1175,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double invstd = bn_lane_invstd[j];
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -1183,16 +1184,16 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                         bn_s0 += dy;
                         bn_s1 += dy*invstd*(-mean + x_v);
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double invstd = bn_lane_invstd[j];
                     const double mean = bn_lane_mean[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
@@ -1200,8 +1201,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                         bn_s0 += dy;
                         bn_s1 += dy*invstd*(-mean + x_v);
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -1214,8 +1215,8 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
             const double mean = p->lane[1 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += dy;
-            p->acc[1 * L + j] += dy*invstd*(-mean + x_v);
+            p->acc[0 * L + j] += (double)(dy);
+            p->acc[1 * L + j] += (double)(dy*invstd*(-mean + x_v));
         }
     }
 }
@@ -1255,7 +1256,7 @@ static void bnsym_backward_train_f64_fold(const double *acc, double *bacc, int64
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
@@ -1265,6 +1266,7 @@ static void bnsym_backward_train_f64_block_sums(const bnsym_backward_train_f64_c
     else
         for (g = 0; g < nseg; ++g)
             bnsym_backward_train_f64_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_backward_train_f64_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -1280,7 +1282,7 @@ static void bnsym_backward_train_f64_reduce_block(const bnsym_backward_train_f64
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
+    bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];

@@ -110,6 +110,12 @@ static inline int bnsym_stat_recenter(double s1, double s2, double n)
     return s1*s1 > (1.0/2.0)*n*s2;
 }
 
+/* Sums of a block taken in the array type are usable (finite, squares not tiny). */
+static inline int bnsym_stat_t_ok(double s1, double s2, double n)
+{
+    return (isfinite(s1)) && (isfinite(s2)) && (s2 > 7.8886090522101181e-31*n);
+}
+
 /* The weight of the second summary, shared by all channels of a block (equal counts). */
 static inline double bnsym_stat_weight(double na, double nb)
 {
@@ -165,6 +171,10 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
+    double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
+    double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
+    float *lanet; /* [1][L] the lane inputs in float */
+    float *psumt; /* [2][L] partial sums of wide rows in float */
 } bnsym_forward_train_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -172,7 +182,7 @@ static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC
 {
     const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
         + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(1 + 2) * (size_t)L;
+        + (size_t)(1 + 2) * (size_t)L        + (size_t)(2 + 1) * (size_t)LC + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     return (n + 15) / 8 * 8;
 }
 
@@ -193,6 +203,12 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
         sc->psum[j] = 0.0;
+    sc->bsave = sc->psum + 2 * L;
+    sc->tbad = sc->bsave + 2 * LC;
+    sc->lanet = (float *)(sc->tbad + LC);
+    sc->psumt = sc->lanet + 1 * L;
+    for (j = 0; j < 2 * L; ++j)
+        sc->psumt[j] = 0;
 }
 
 /* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
@@ -265,11 +281,11 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
     return 0;
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 8 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -291,8 +307,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double x_v = (double)bn_x[hh * qstride + j];
@@ -307,8 +323,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double x_v = (double)bn_x[hh * qstride + j];
@@ -323,8 +339,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -349,8 +365,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 8; ++g) {
                         const double x_v = (double)bn_x[g * qstride + j];
@@ -358,15 +374,15 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double x_v = (double)bn_x[g * qstride + j];
@@ -374,8 +390,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -386,8 +402,134 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
             const double bn_shift0 = p->lane[0 * L + j];
             const double x_v = (double)bn_x[j];
             const double bn_d0 = -bn_shift0 + x_v;
-            p->acc[0 * L + j] += bn_d0;
-            p->acc[1 * L + j] += bn_d0*bn_d0;
+            p->acc[0 * L + j] += (double)(bn_d0);
+            p->acc[1 * L + j] += (double)(bn_d0*bn_d0);
+        }
+    }
+}
+/* The reduction pass in float, partial sums of a few terms added in double: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). For
+ * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
+static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
+    int64_t L, int64_t tail)
+{
+    const int64_t nq_all = nq;
+    int64_t q0, t, j;
+    if (L % BNSYM_LANES != 0) {
+        /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
+         * partial sums in L1 */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g, h;
+            for (g = 0; g < gn; g += h) {
+                float *bn_s0 = p->psumt + 0 * L;
+                float *bn_s1 = p->psumt + 1 * L;
+                const float *bn_lane_bn_shift0 = p->lanet + 0 * L;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
+                if (h == BNSYM_WIDE_ROWS) {
+                    BNSYM_SIMD
+                    for (j = 0; j < L; ++j) {
+                        const float bn_shift0 = bn_lane_bn_shift0[j];
+                        float bn_r0 = 0;
+                        float bn_r1 = 0;
+                        int64_t hh;
+                        for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
+                            const float x_v = (float)bn_x[hh * qstride + j];
+                            const float bn_d0 = -bn_shift0 + x_v;
+                            bn_r0 += bn_d0;
+                            bn_r1 += bn_d0*bn_d0;
+                        }
+                        bn_s0[j] += bn_r0;
+                        bn_s1[j] += bn_r1;
+                    }
+                } else {
+                    BNSYM_SIMD
+                    for (j = 0; j < L; ++j) {
+                        const float bn_shift0 = bn_lane_bn_shift0[j];
+                        float bn_r0 = 0;
+                        float bn_r1 = 0;
+                        int64_t hh;
+                        for (hh = 0; hh < 1; ++hh) {
+                            const float x_v = (float)bn_x[hh * qstride + j];
+                            const float bn_d0 = -bn_shift0 + x_v;
+                            bn_r0 += bn_d0;
+                            bn_r1 += bn_d0*bn_d0;
+                        }
+                        bn_s0[j] += bn_r0;
+                        bn_s1[j] += bn_r1;
+                    }
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j) {
+                p->acc[j] += (double)p->psumt[j];
+                p->psumt[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    for (q0 = 0; q0 < nq; q0 += 8) {
+        const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const float *bn_lane_bn_shift0 = p->lanet + 0 * L + t;
+            const float *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == 8) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < 8; ++g) {
+                        const float x_v = (float)bn_x[g * qstride + j];
+                        const float bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
+                }
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const float x_v = (float)bn_x[g * qstride + j];
+                        const float bn_d0 = -bn_shift0 + x_v;
+                        bn_s0 += bn_d0;
+                        bn_s1 += bn_d0*bn_d0;
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
+                }
+            }
+        }
+    }
+    {
+        const float *bn_x = a->x + base + nq_all * qstride;
+        for (j = 0; j < tail; ++j) {
+            const float bn_shift0 = p->lanet[0 * L + j];
+            const float x_v = (float)bn_x[j];
+            const float bn_d0 = -bn_shift0 + x_v;
+            p->acc[0 * L + j] += (double)(bn_d0);
+            p->acc[1 * L + j] += (double)(bn_d0*bn_d0);
         }
     }
 }
@@ -427,16 +569,24 @@ static void bnsym_forward_train_f32_fold(const double *acc, double *bacc, int64_
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
+    if (use_t) {
+        if (seg_len == L && nq == 1 && tail == 0)
+            bnsym_forward_train_f32_pass_t(a, p, base, nseg, stride, L, 0);
+        else
+            for (g = 0; g < nseg; ++g)
+                bnsym_forward_train_f32_pass_t(a, p, base + g * stride, nq, L, L, tail);
+    } else
     if (seg_len == L && nq == 1 && tail == 0)
         bnsym_forward_train_f32_pass(a, p, base, nseg, stride, L, 0); /* one super-row per segment */
     else
         for (g = 0; g < nseg; ++g)
             bnsym_forward_train_f32_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_forward_train_f32_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -446,9 +596,11 @@ static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx
 static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    for (c = 0; c < 1 * LC; ++c)
+    for (c = 0; c < 1 * LC; ++c) {
         if (!isfinite(p->shift[c]))
             p->shift[c] = 0.0;
+        p->shift[c] = (double)(float)p->shift[c]; /* the value the float pass subtracts */
+    }
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
             double *bn_l = p->lane + 0 * L + u;
@@ -456,6 +608,12 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
             BNSYM_SIMD
             for (c = 0; c < LC; ++c)
                 bn_l[c] = bn_s[c];
+            {
+                float *bn_lt = p->lanet + 0 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_lt[c] = (float)bn_s[c];
+            }
         }
     } else {
         for (u = 0; u < L; u += LC * R)
@@ -465,6 +623,12 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
+                {
+                    float *bn_lt = p->lanet + 0 * L + u + c * R;
+                    BNSYM_SIMD
+                    for (r = 0; r < R; ++r)
+                        bn_lt[r] = (float)bn_v;
+                }
             }
     }
 }
@@ -480,7 +644,8 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    int it, fresh = 0;
+    int fresh = 0, recentered = 0;
+    const int use_t = 1;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -494,14 +659,14 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         bnsym_forward_train_f32_set_shifts(p, L, LC, R);
         if (seg_len == L) {
             const int64_t ns = (nseg < want) ? nseg : want;
-            bnsym_forward_train_f32_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0);
+            bnsym_forward_train_f32_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
         } else if (nq > 0) {
             const int64_t nq0 = (nq < want) ? nq : want;
-            bnsym_forward_train_f32_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, nq0, 0);
+            bnsym_forward_train_f32_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, nq0, 0, use_t);
             cnt = (double)(nq0 * L / LC);
         } else {
-            bnsym_forward_train_f32_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, 0, tail);
+            bnsym_forward_train_f32_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, 0, tail, use_t);
             cnt = (double)(tail / LC);
         }
         for (c = 0; c < LC; ++c) {
@@ -513,20 +678,45 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
             p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
         }
     }
-    for (it = 0; it < 2; ++it) {
+    for (;;) {
         int recenter = 0;
         bnsym_forward_train_f32_set_shifts(p, L, LC, R);
-        bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
-        if (it > 0)
+        bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, use_t);
+        {
+            /* partial sums in float are exact enough unless a value left its range (the sums
+             * then overflow, or the squares are tiny): such channels are summed again by the
+             * double pass (the others keep their sums: a channel never depends on another) */
+            int bad = 0;
+            for (c = 0; c < LC; ++c) {
+                int ok = 1;
+                ok &= bnsym_stat_t_ok(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
+                p->tbad[c] = ok ? 0.0 : 1.0;
+                bad |= !ok;
+            }
+            if (bad) {
+                int64_t k;
+                for (k = 0; k < 2 * LC; ++k)
+                    p->bsave[k] = p->bacc[k];
+                bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
+                for (k = 0; k < 2; ++k)
+                    for (c = 0; c < LC; ++c)
+                        if (p->tbad[c] == 0.0)
+                            p->bacc[k * LC + c] = p->bsave[k * LC + c];
+            }
+        }
+        if (recentered)
             break;
+        /* channels whose shift was too far from their mean get a new one (the others keep
+         * theirs, so their sums come out the same again) */
         for (c = 0; c < LC; ++c) {
-            recenter |= bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
+            if (bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn)) {
+                p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
+                recenter = 1;
+            }
         }
         if (!recenter)
             break;
-        for (c = 0; c < LC; ++c) {
-            p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
-        }
+        recentered = 1;
     }
     for (c = 0; c < LC; ++c) {
         const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
@@ -592,7 +782,7 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
             for (j = 0; j < 1; ++j)
                 sc->shift[j] = 0.0;
             bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
-            bnsym_forward_train_f32_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail);
+            bnsym_forward_train_f32_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail, 1);
             cshift[0 * C + cu] = bnsym_stat_mean(sc->bacc[0],
                 (double)(nq0 > 0 ? nq0 * L : tail));
         }
@@ -600,7 +790,7 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
         bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
         cshift[0 * C + cu] = sc->shift[0];
         sc->acc = clanes + cu * 2 * L;
-        bnsym_forward_train_f32_pass(a, sc, q * S + s0, nq, L, L, tail);
+        bnsym_forward_train_f32_pass_t(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
     }
     sc->acc = own;
@@ -609,8 +799,8 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
         if (st->cnt[c] == 0.0)
             continue;
         bnsym_forward_train_f32_fold(lanes_c, sc->bacc, L, 1, L);
-        if (bnsym_stat_recenter(sc->bacc[0], sc->bacc[1], st->cnt[c])) {
-            /* sum the channel's units again, shifted by the mean just estimated */
+        if (bnsym_stat_recenter(sc->bacc[0], sc->bacc[1], st->cnt[c]) || !bnsym_stat_t_ok(sc->bacc[0], sc->bacc[1], st->cnt[c])) {
+            /* sum the channel's units again, in double, shifted by the mean just estimated */
             sc->shift[0] = bnsym_stat_block_mean(cshift[0 * C + c], sc->bacc[0], st->cnt[c]);
             bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
             cshift[0 * C + c] = sc->shift[0];
@@ -1217,11 +1407,11 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
     return 0;
 }
 
-/* The reduction pass: nq super-rows of L lanes, qstride apart, from base, then tail values
- * (lanes 0 .. tail-1). Every value is converted to double, then summed. For each group of
- * 8 super-rows (fewer when reading more arrays, so that a tile's rows do not crowd one L1
- * set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms in a register, then
- * adds that partial sum to its accumulator. */
+/* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
+ * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
 static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1243,8 +1433,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double x_v = (double)bn_x[hh * qstride + j];
@@ -1259,8 +1449,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const double bn_shift0 = bn_lane_bn_shift0[j];
-                        double bn_r0 = 0.0;
-                        double bn_r1 = 0.0;
+                        double bn_r0 = 0;
+                        double bn_r1 = 0;
                         int64_t hh;
                         for (hh = 0; hh < 1; ++hh) {
                             const double x_v = (double)bn_x[hh * qstride + j];
@@ -1275,8 +1465,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
             }
             BNSYM_SIMD
             for (j = 0; j < 2 * L; ++j) {
-                p->acc[j] += p->psum[j];
-                p->psum[j] = 0.0;
+                p->acc[j] += (double)p->psum[j];
+                p->psum[j] = 0;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1301,8 +1491,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < 8; ++g) {
                         const double x_v = (double)bn_x[g * qstride + j];
@@ -1310,15 +1500,15 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             } else {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const double bn_shift0 = bn_lane_bn_shift0[j];
-                    double bn_s0 = 0.0;
-                    double bn_s1 = 0.0;
+                    double bn_s0 = 0;
+                    double bn_s1 = 0;
                     int64_t g;
                     for (g = 0; g < gn; ++g) {
                         const double x_v = (double)bn_x[g * qstride + j];
@@ -1326,8 +1516,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                         bn_s0 += bn_d0;
                         bn_s1 += bn_d0*bn_d0;
                     }
-                    bn_acc0[j] += bn_s0;
-                    bn_acc1[j] += bn_s1;
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
                 }
             }
         }
@@ -1338,8 +1528,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
             const double bn_shift0 = p->lane[0 * L + j];
             const double x_v = (double)bn_x[j];
             const double bn_d0 = -bn_shift0 + x_v;
-            p->acc[0 * L + j] += bn_d0;
-            p->acc[1 * L + j] += bn_d0*bn_d0;
+            p->acc[0 * L + j] += (double)(bn_d0);
+            p->acc[1 * L + j] += (double)(bn_d0*bn_d0);
         }
     }
 }
@@ -1379,7 +1569,7 @@ static void bnsym_forward_train_f64_fold(const double *acc, double *bacc, int64_
 
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
 static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nseg,
-    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail)
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
@@ -1389,6 +1579,7 @@ static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx
     else
         for (g = 0; g < nseg; ++g)
             bnsym_forward_train_f64_pass(a, p, base + g * stride, nq, L, L, tail);
+    (void)use_t;
     bnsym_forward_train_f64_fold(p->acc, p->bacc, L, LC, R);
 }
 
@@ -1398,9 +1589,10 @@ static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx
 static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    for (c = 0; c < 1 * LC; ++c)
+    for (c = 0; c < 1 * LC; ++c) {
         if (!isfinite(p->shift[c]))
             p->shift[c] = 0.0;
+    }
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
             double *bn_l = p->lane + 0 * L + u;
@@ -1432,7 +1624,8 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    int it, fresh = 0;
+    int fresh = 0, recentered = 0;
+    const int use_t = 0;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -1446,14 +1639,14 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
         bnsym_forward_train_f64_set_shifts(p, L, LC, R);
         if (seg_len == L) {
             const int64_t ns = (nseg < want) ? nseg : want;
-            bnsym_forward_train_f64_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0);
+            bnsym_forward_train_f64_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
         } else if (nq > 0) {
             const int64_t nq0 = (nq < want) ? nq : want;
-            bnsym_forward_train_f64_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, nq0, 0);
+            bnsym_forward_train_f64_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, nq0, 0, use_t);
             cnt = (double)(nq0 * L / LC);
         } else {
-            bnsym_forward_train_f64_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, 0, tail);
+            bnsym_forward_train_f64_block_sums(a, p, base, 1, 0, seg_len, L, LC, R, 0, tail, use_t);
             cnt = (double)(tail / LC);
         }
         for (c = 0; c < LC; ++c) {
@@ -1465,20 +1658,23 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
             p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
         }
     }
-    for (it = 0; it < 2; ++it) {
+    for (;;) {
         int recenter = 0;
         bnsym_forward_train_f64_set_shifts(p, L, LC, R);
-        bnsym_forward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail);
-        if (it > 0)
+        bnsym_forward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, use_t);
+        if (recentered)
             break;
+        /* channels whose shift was too far from their mean get a new one (the others keep
+         * theirs, so their sums come out the same again) */
         for (c = 0; c < LC; ++c) {
-            recenter |= bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
+            if (bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn)) {
+                p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
+                recenter = 1;
+            }
         }
         if (!recenter)
             break;
-        for (c = 0; c < LC; ++c) {
-            p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
-        }
+        recentered = 1;
     }
     for (c = 0; c < LC; ++c) {
         const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
@@ -1544,7 +1740,7 @@ static void bnsym_forward_train_f64_ncs_range(const bnsym_forward_train_f64_ctx 
             for (j = 0; j < 1; ++j)
                 sc->shift[j] = 0.0;
             bnsym_forward_train_f64_set_shifts(sc, L, 1, L);
-            bnsym_forward_train_f64_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail);
+            bnsym_forward_train_f64_block_sums(a, sc, q * S + s0, 1, 0, len, L, 1, L, nq0, nq0 > 0 ? 0 : tail, 0);
             cshift[0 * C + cu] = bnsym_stat_mean(sc->bacc[0],
                 (double)(nq0 > 0 ? nq0 * L : tail));
         }
