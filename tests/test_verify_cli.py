@@ -74,3 +74,12 @@ def test_bench_options_reach_the_benchmark():
     assert p.returncode == 0 and "--quick" in p.stdout
     p = run("bench", "--bogus")
     assert p.returncode == 2 and "--bogus" in p.stderr
+
+
+def test_pipeline_runs_end_to_end():
+    """The README's main command: derive, verify, generate (compared), compile, run."""
+    p = run("pipeline")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for stage in ("1. derive", "2. verify", "3. generate", "4. compile", "5. run"):
+        assert stage in p.stdout
+    assert "identical to" in p.stdout and "all stages passed" in p.stdout
