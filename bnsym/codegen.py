@@ -255,8 +255,8 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     elem_syms = set(elem_load_syms) | set(elem_def_syms)
     edefs = list(plan.element_defs)
     coef_expr: dict[sympy.Symbol, sympy.Expr] = {}
+    split: dict[sympy.Symbol, tuple[sympy.Symbol, sympy.Symbol]] = {}
     if T == "float":
-        split: dict[sympy.Symbol, tuple[sympy.Symbol, sympy.Symbol]] = {}
         new_defs: list[Assign] = []
         for d in edefs:
             e = d.expr
@@ -280,8 +280,45 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
                     continue
             new_defs.append(d)
         edefs = new_defs
-    elem_def_syms_all = {d.symbol for d in edefs}
     elem_targets = [(st.array, st.expr) for st in plan.element_stores]
+    if T == "float" and split:
+        # Fold the lo parts into each store's constant term when the stores are linear in them
+        # with per-channel slopes (y = k*xmu + b: k*(h - lo) + b = k*h + (b - k*lo)): no extra
+        # coefficient or operation per element.
+        los = [lo for _, lo in split.values()]
+        lo_of = {lo: c for c, (_, lo) in split.items()}
+
+        def inline(expr):
+            for d in reversed(edefs):
+                expr = expr.xreplace({d.symbol: d.expr})
+            return expr
+
+        foldable = True
+        corr_of = []
+        for _, e in elem_targets:
+            full = sympy.expand(inline(e))
+            corr = sympy.Integer(0)
+            for lo in los:
+                slope = sympy.diff(full, lo)
+                if sympy.diff(slope, lo) != 0 or _free(slope) & elem_syms:
+                    foldable = False
+                corr += lo * slope
+            corr_of.append(corr)
+        if foldable:
+            edefs = [Assign(d.symbol, d.expr.xreplace({lo: 0 for lo in los})) for d in edefs]
+            new_targets = []
+            for k, ((name, e), corr) in enumerate(zip(elem_targets, corr_of)):
+                e = sympy.sympify(e)
+                terms = e.args if isinstance(e, sympy.Add) else (e,)
+                const = sympy.Add(*[t for t in terms if not (_free(t) & elem_syms)])
+                k0 = _sym(f"bn_{name}_k0")
+                names.map[k0] = k0.name
+                coef_expr[k0] = (const + corr).xreplace({lo: lo_of[lo] - round_to_float32(lo_of[lo]) for lo in los})
+                new_targets.append((name, e - const + k0))
+            elem_targets = new_targets
+            for lo in los:
+                coef_expr.pop(lo, None)
+    elem_def_syms_all = {d.symbol for d in edefs}
     needed_edefs = _needed_defs(edefs, [e for _, e in elem_targets])
     e_in: set[sympy.Symbol] = set()
     for e in [d.expr for d in needed_edefs] + [e for _, e in elem_targets]:
@@ -300,16 +337,17 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     # computed in double and rounded once when stored.
     wide = None
     if T == "float":
+        w_targets = [(st.array, st.expr) for st in plan.element_stores]
         w_in: set[sympy.Symbol] = set()
-        w_defs = _needed_defs(plan.element_defs, [e for _, e in elem_targets])
-        for e in [d.expr for d in w_defs] + [e for _, e in elem_targets]:
+        w_defs = _needed_defs(plan.element_defs, [e for _, e in w_targets])
+        for e in [d.expr for d in w_defs] + [e for _, e in w_targets]:
             w_in |= _free(e)
         w_in -= {d.symbol for d in w_defs}
         w_coefs = _order([s for s in w_in if s not in elem_load_syms], names)
         ren_w = {s: rn(s) for s in set(elem_load_syms) | set(elem_def_syms)}
         for s in w_coefs:
             ren_w[s] = rn(s, "_d")
-        w_stmts, w_res, _ = _block(plan.element_defs, elem_targets, "double", "ew", ren_w)
+        w_stmts, w_res, _ = _block(plan.element_defs, w_targets, "double", "ew", ren_w)
         wide = dict(coef_syms=w_coefs, stmts=w_stmts, res=w_res,
                     loads=[ld for ld in plan.element_loads if ld.symbol in w_in])
 

@@ -99,7 +99,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [1][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    float *coef; /* element-pass coefficients, [1][C] */
+    float *coef; /* element-pass coefficients, [2][C] */
     double *coefd; /* coefficients of the element pass in double, [1][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
     int use_wide;  /* run the element pass in double */
@@ -180,7 +180,8 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
             a->grad_weight[c] = (float)(sum_dy_xmu*invstd);
         if (a->grad_bias != NULL)
             a->grad_bias[c] = (float)(sum_dy);
-        a->coef[0 * a->C + c] = (float)(dx_k_dy);
+        a->coef[0 * a->C + c] = (float)(0);
+        a->coef[1 * a->C + c] = (float)(dx_k_dy);
         a->coefd[0 * a->C + c] = dx_k_dy;
         a->wflag[c] = ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct0 > 1.2676506002282294e+30) || (ct0 < 7.8886090522101181e-31))) ? 1.0 : 0.0;
     }
@@ -469,13 +470,14 @@ static void bnsym_backward_eval_f32_elements_ncs(const bnsym_backward_eval_f32_c
         }
         return;
     }
-    const float dx_k_dy_t = a->coef[0 * a->C + c];
+    const float bn_grad_input_k0_t = a->coef[0 * a->C + c];
+    const float dx_k_dy_t = a->coef[1 * a->C + c];
     const float *bn_grad_output = a->grad_output + off;
     float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float dy = bn_grad_output[j];
-        bn_grad_input[j] = dx_k_dy_t*dy;
+        bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy;
     }
 }
 
@@ -498,15 +500,17 @@ static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32
                     const double dy = (double)bn_grad_output[j];
                     bn_grad_input[j] = (float)(dx_k_dy_d*dy);
                 } else {
-                    const float dx_k_dy_t = a->coef[0 * C + j];
+                    const float bn_grad_input_k0_t = a->coef[0 * C + j];
+                    const float dx_k_dy_t = a->coef[1 * C + j];
                     const float dy = bn_grad_output[j];
-                    bn_grad_input[j] = dx_k_dy_t*dy;
+                    bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy;
                 }
             }
         }
         return;
     }
-    const float *bn_lane_dx_k_dy = lanes + 0 * L;
+    const float *bn_lane_bn_grad_input_k0 = lanes + 0 * L;
+    const float *bn_lane_dx_k_dy = lanes + 1 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -514,9 +518,10 @@ static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32
         float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
+            const float bn_grad_input_k0_t = bn_lane_bn_grad_input_k0[j];
             const float dx_k_dy_t = bn_lane_dx_k_dy[j];
             const float dy = bn_grad_output[j];
-            bn_grad_input[j] = dx_k_dy_t*dy;
+            bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy;
         }
     }
 }
@@ -681,7 +686,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
         bnsym_backward_eval_f32_reduction_inputs(a);
     }
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)1 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)2 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             free(wbuf);
             free(st);
@@ -698,6 +703,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
                     lanes[0 * Le + j + c] = a->coef[0 * C + c];
+                    lanes[1 * Le + j + c] = a->coef[1 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -726,6 +732,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {
                             lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
+                            lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
                         }
             }
         }
@@ -794,7 +801,7 @@ int bnsym_backward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(1 + 2 + 0 + 1 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)1 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)2 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -866,7 +873,7 @@ int bnsym_backward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(1 + 2 + 0 + 1 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)1 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)2 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);

@@ -97,7 +97,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [0][C] */
     double *red;   /* reduction results per channel, [0][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    float *coef; /* element-pass coefficients, [4][C] */
+    float *coef; /* element-pass coefficients, [3][C] */
     double *coefd; /* coefficients of the element pass in double, [3][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
     int use_wide;  /* run the element pass in double */
@@ -115,21 +115,19 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a)
         const double running_mean_v = (double)a->running_mean[c];
         const double running_var_v = (double)a->running_var[c];
         const double eps = a->eps;
-        const double ct0 = running_mean_v - (double)(float)(running_mean_v);
-        const double ct1 = fabs(beta);
-        const double ct2 = fabs(running_mean_v);
-        const double ct4 = fabs(ct0);
+        const double ct1 = fabs(running_mean_v);
         const double invstd = 1.0/sqrt(eps + running_var_v);
         const double y_k_xmu = gamma_v*invstd;
-        const double ct3 = fabs(y_k_xmu);
-        a->coef[0 * a->C + c] = (float)(beta);
-        a->coef[1 * a->C + c] = (float)(running_mean_v);
-        a->coef[2 * a->C + c] = (float)(ct0);
-        a->coef[3 * a->C + c] = (float)(y_k_xmu);
+        const double ct0 = beta - y_k_xmu*(running_mean_v - (double)(float)(running_mean_v));
+        const double ct2 = fabs(y_k_xmu);
+        const double ct3 = fabs(ct0);
+        a->coef[0 * a->C + c] = (float)(running_mean_v);
+        a->coef[1 * a->C + c] = (float)(ct0);
+        a->coef[2 * a->C + c] = (float)(y_k_xmu);
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = running_mean_v;
         a->coefd[2 * a->C + c] = y_k_xmu;
-        a->wflag[c] = (((isfinite(beta)) && (beta != 0) && ((ct1 > 1.2676506002282294e+30) || (ct1 < 7.8886090522101181e-31))) || ((isfinite(ct0)) && (ct0 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(running_mean_v)) && (running_mean_v != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31))) || ((isfinite(y_k_xmu)) && (y_k_xmu != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        a->wflag[c] = (((isfinite(ct0)) && (ct0 != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31))) || ((isfinite(running_mean_v)) && (running_mean_v != 0) && ((ct1 > 1.2676506002282294e+30) || (ct1 < 7.8886090522101181e-31))) || ((isfinite(y_k_xmu)) && (y_k_xmu != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
     }
 }
 
@@ -162,18 +160,17 @@ static void bnsym_forward_eval_f32_elements_ncs(const bnsym_forward_eval_f32_ctx
         }
         return;
     }
-    const float beta_t = a->coef[0 * a->C + c];
-    const float bn_running_mean_v_hi_t = a->coef[1 * a->C + c];
-    const float bn_running_mean_v_lo_t = a->coef[2 * a->C + c];
-    const float y_k_xmu_t = a->coef[3 * a->C + c];
+    const float bn_running_mean_v_hi_t = a->coef[0 * a->C + c];
+    const float bn_y_k0_t = a->coef[1 * a->C + c];
+    const float y_k_xmu_t = a->coef[2 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-        const float xmu = bn_h0 - bn_running_mean_v_lo_t;
-        bn_y[j] = beta_t + xmu*y_k_xmu_t;
+        const float xmu = bn_h0;
+        bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
     }
 }
 
@@ -199,23 +196,21 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
                     const double xmu = -running_mean_v_d + x_v;
                     bn_y[j] = (float)(beta_d + xmu*y_k_xmu_d);
                 } else {
-                    const float beta_t = a->coef[0 * C + j];
-                    const float bn_running_mean_v_hi_t = a->coef[1 * C + j];
-                    const float bn_running_mean_v_lo_t = a->coef[2 * C + j];
-                    const float y_k_xmu_t = a->coef[3 * C + j];
+                    const float bn_running_mean_v_hi_t = a->coef[0 * C + j];
+                    const float bn_y_k0_t = a->coef[1 * C + j];
+                    const float y_k_xmu_t = a->coef[2 * C + j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-                    const float xmu = bn_h0 - bn_running_mean_v_lo_t;
-                    bn_y[j] = beta_t + xmu*y_k_xmu_t;
+                    const float xmu = bn_h0;
+                    bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
                 }
             }
         }
         return;
     }
-    const float *bn_lane_beta = lanes + 0 * L;
-    const float *bn_lane_bn_running_mean_v_hi = lanes + 1 * L;
-    const float *bn_lane_bn_running_mean_v_lo = lanes + 2 * L;
-    const float *bn_lane_y_k_xmu = lanes + 3 * L;
+    const float *bn_lane_bn_running_mean_v_hi = lanes + 0 * L;
+    const float *bn_lane_bn_y_k0 = lanes + 1 * L;
+    const float *bn_lane_y_k_xmu = lanes + 2 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -223,14 +218,13 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
         float *bn_y = a->y + off + j0;
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
-            const float beta_t = bn_lane_beta[j];
             const float bn_running_mean_v_hi_t = bn_lane_bn_running_mean_v_hi[j];
-            const float bn_running_mean_v_lo_t = bn_lane_bn_running_mean_v_lo[j];
+            const float bn_y_k0_t = bn_lane_bn_y_k0[j];
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-            const float xmu = bn_h0 - bn_running_mean_v_lo_t;
-            bn_y[j] = beta_t + xmu*y_k_xmu_t;
+            const float xmu = bn_h0;
+            bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
         }
     }
 }
@@ -303,7 +297,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     int64_t c, j;
     (void)nt;
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             return -1;
         }
@@ -319,7 +313,6 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
                     lanes[0 * Le + j + c] = a->coef[0 * C + c];
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
-                    lanes[3 * Le + j + c] = a->coef[3 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -380,7 +373,7 @@ int bnsym_forward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 0 + 0 + 3 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -444,7 +437,7 @@ int bnsym_forward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.eps = eps;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 0 + 0 + 3 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);

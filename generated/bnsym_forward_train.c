@@ -150,7 +150,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [0][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [2][C] */
-    float *coef; /* element-pass coefficients, [4][C] */
+    float *coef; /* element-pass coefficients, [3][C] */
     double *coefd; /* coefficients of the element pass in double, [3][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
     int use_wide;  /* run the element pass in double */
@@ -228,27 +228,25 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         const double momentum = a->momentum;
         const double m = a->m;
         const double ct0 = 1 - momentum;
-        const double ct1 = mean - (double)(float)(mean);
-        const double ct2 = fabs(beta);
-        const double ct3 = fabs(mean);
-        const double ct5 = fabs(ct1);
+        const double ct2 = fabs(mean);
         const double invstd = 1.0/sqrt(eps + var);
         const double y_k_xmu = gamma_v*invstd;
-        const double ct4 = fabs(y_k_xmu);
+        const double ct1 = beta - (mean - (double)(float)(mean))*y_k_xmu;
+        const double ct3 = fabs(y_k_xmu);
+        const double ct4 = fabs(ct1);
         if (a->save_mean != NULL)
             a->save_mean[c] = (float)(mean);
         if (a->save_invstd != NULL)
             a->save_invstd[c] = (float)(invstd);
         a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
         a->guard[1 * a->C + c] = ct0*running_var_v + var*m*momentum/(m - 1); /* -> running_var[c] */
-        a->coef[0 * a->C + c] = (float)(beta);
-        a->coef[1 * a->C + c] = (float)(mean);
-        a->coef[2 * a->C + c] = (float)(ct1);
-        a->coef[3 * a->C + c] = (float)(y_k_xmu);
+        a->coef[0 * a->C + c] = (float)(mean);
+        a->coef[1 * a->C + c] = (float)(ct1);
+        a->coef[2 * a->C + c] = (float)(y_k_xmu);
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = mean;
         a->coefd[2 * a->C + c] = y_k_xmu;
-        a->wflag[c] = (((isfinite(beta)) && (beta != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31))) || ((isfinite(ct1)) && (ct1 != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31))) || ((isfinite(y_k_xmu)) && (y_k_xmu != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        a->wflag[c] = (((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31))) || ((isfinite(y_k_xmu)) && (y_k_xmu != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
     }
 }
 
@@ -840,18 +838,17 @@ static void bnsym_forward_train_f32_elements_ncs(const bnsym_forward_train_f32_c
         }
         return;
     }
-    const float beta_t = a->coef[0 * a->C + c];
-    const float bn_mean_hi_t = a->coef[1 * a->C + c];
-    const float bn_mean_lo_t = a->coef[2 * a->C + c];
-    const float y_k_xmu_t = a->coef[3 * a->C + c];
+    const float bn_mean_hi_t = a->coef[0 * a->C + c];
+    const float bn_y_k0_t = a->coef[1 * a->C + c];
+    const float y_k_xmu_t = a->coef[2 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_mean_hi_t + x_v;
-        const float xmu = bn_h0 - bn_mean_lo_t;
-        bn_y[j] = beta_t + xmu*y_k_xmu_t;
+        const float xmu = bn_h0;
+        bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
     }
 }
 
@@ -877,23 +874,21 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
                     const double xmu = -mean_d + x_v;
                     bn_y[j] = (float)(beta_d + xmu*y_k_xmu_d);
                 } else {
-                    const float beta_t = a->coef[0 * C + j];
-                    const float bn_mean_hi_t = a->coef[1 * C + j];
-                    const float bn_mean_lo_t = a->coef[2 * C + j];
-                    const float y_k_xmu_t = a->coef[3 * C + j];
+                    const float bn_mean_hi_t = a->coef[0 * C + j];
+                    const float bn_y_k0_t = a->coef[1 * C + j];
+                    const float y_k_xmu_t = a->coef[2 * C + j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_mean_hi_t + x_v;
-                    const float xmu = bn_h0 - bn_mean_lo_t;
-                    bn_y[j] = beta_t + xmu*y_k_xmu_t;
+                    const float xmu = bn_h0;
+                    bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
                 }
             }
         }
         return;
     }
-    const float *bn_lane_beta = lanes + 0 * L;
-    const float *bn_lane_bn_mean_hi = lanes + 1 * L;
-    const float *bn_lane_bn_mean_lo = lanes + 2 * L;
-    const float *bn_lane_y_k_xmu = lanes + 3 * L;
+    const float *bn_lane_bn_mean_hi = lanes + 0 * L;
+    const float *bn_lane_bn_y_k0 = lanes + 1 * L;
+    const float *bn_lane_y_k_xmu = lanes + 2 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -901,14 +896,13 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
         float *bn_y = a->y + off + j0;
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
-            const float beta_t = bn_lane_beta[j];
             const float bn_mean_hi_t = bn_lane_bn_mean_hi[j];
-            const float bn_mean_lo_t = bn_lane_bn_mean_lo[j];
+            const float bn_y_k0_t = bn_lane_bn_y_k0[j];
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_mean_hi_t + x_v;
-            const float xmu = bn_h0 - bn_mean_lo_t;
-            bn_y[j] = beta_t + xmu*y_k_xmu_t;
+            const float xmu = bn_h0;
+            bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
         }
     }
 }
@@ -1063,7 +1057,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
             bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
     }
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             free(wbuf);
             free(st);
@@ -1082,7 +1076,6 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                     lanes[0 * Le + j + c] = a->coef[0 * C + c];
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
-                    lanes[3 * Le + j + c] = a->coef[3 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -1110,7 +1103,6 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                             lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
                             lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
                             lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
-                            lanes[3 * Le + r + jj] = a->coef[3 * C + jj];
                         }
             }
         }
@@ -1188,7 +1180,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 2 + 2 + 3 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -1271,7 +1263,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(0 + 2 + 2 + 3 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)3 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
