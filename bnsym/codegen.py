@@ -230,15 +230,60 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         return st, terms
 
     stmts_a, red_terms = red_program("double")
-    red_variants = [dict(suffix="", ct="double", lane="lane", psum="psum", stmts=stmts_a, terms=red_terms)]
-    # Float kernels whose reductions read no per-channel input but the shifts (the forward
-    # statistics) also get a float pass: each lane sums a few terms in float, then adds them in
-    # double; a block whose sums show a value out of float's comfortable range is summed again
-    # by the double pass (exact arithmetic on the shifted values either way).
-    red_t = T == "float" and not rin_syms and bool(red_targets)
+    lanes_d = [names(x) for x in rin_syms] + [sh.name for sh in shift_syms]
+    red_variants = [dict(suffix="", ct="double", lane="lane", psum="psum", stmts=stmts_a, terms=red_terms,
+                         lanes=lanes_d)]
+    # Float kernels also get a float pass: each lane sums a few terms in float, then adds them in
+    # double; a channel whose sums show a value out of float's comfortable range is summed again
+    # by the double pass. A per-channel input subtracted from an element value (x - mean) is
+    # split into float hi + lo parts, subtracted one after the other, as in the element pass.
+    red_t = T == "float" and bool(red_targets)
+    lanes_t_rin: list[dict] = []
     if red_t:
-        st_t, terms_t = red_program("float")
-        red_variants.append(dict(suffix="_t", ct="float", lane="lanet", psum="psumt", stmts=st_t, terms=terms_t))
+        bn_v = _sym("bn_v")
+        dprinter = make_printer("double")
+        rin_set = set(rin_syms)
+        lane_t_of: dict[sympy.Symbol, sympy.Symbol] = {}
+        r_defs: list[Assign] = []
+
+        def t_lane(x, kind):
+            key = (x, kind)
+            if key not in lane_t_of:
+                nm = _sym(f"bn_{names(x)}_{kind}" if kind != "plain" else f"bn_{names(x)}_f")
+                names.map[nm] = nm.name
+                lane_t_of[key] = nm
+                val = bn_v - round_to_float32(bn_v) if kind == "lo" else bn_v
+                lanes_t_rin.append(dict(slot=rin_syms.index(x), expr=dprinter.doprint(val), name=nm.name))
+            return lane_t_of[key]
+
+        def split_expr(e):
+            if isinstance(e, sympy.Add):
+                chan = [t for t in e.args if _free(t) <= rin_set and _free(t)]
+                rest = [t for t in e.args if _free(t) & set(elem_load_syms)]
+                if len(chan) == 1 and len(rest) == len(e.args) - 1 and (chan[0].is_Symbol or (-chan[0]).is_Symbol):
+                    sgn, c = (1, chan[0]) if chan[0].is_Symbol else (-1, -chan[0])
+                    h = _sym(f"bn_rh{len(r_defs)}")
+                    names.map[h] = h.name
+                    r_defs.append(Assign(h, sympy.Add(*[split_expr(t) for t in rest]) + sgn * t_lane(c, "hi")))
+                    return h + sgn * t_lane(c, "lo")
+            if e.args:
+                return e.func(*[split_expr(a) for a in e.args])
+            if e in rin_set:
+                return t_lane(e, "plain")
+            return e
+
+        t_targets = [(nm, split_expr(e)) for nm, e in red_targets]
+        ren_t = dict(ren_a)
+        for sym in list(lane_t_of.values()) + [d.symbol for d in r_defs]:
+            ren_t[sym] = sym
+        st_t, res_t, _ = _block(r_defs, t_targets, "float", "rt", ren_t)
+        fprinter = make_printer("float")
+        terms_t = list(res_t[: len(sums)])
+        for d, rhs in zip(dev_syms, res_t[len(sums):]):
+            st_t.append((d.name, rhs))
+            terms_t += [fprinter.doprint(d), fprinter.doprint(d**2)]
+        red_variants.append(dict(suffix="_t", ct="float", lane="lanet", psum="psumt", stmts=st_t, terms=terms_t,
+                                 lanes=[lt["name"] for lt in lanes_t_rin] + [sh.name for sh in shift_syms]))
     scal_in_red = [s for s in scalar_syms if s in red_chan]
 
     # reduction-input stage (per channel, before the reductions): loads and pre-defs
@@ -501,6 +546,9 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         group=max(2, 8 // max(1, len([ld for ld in plan.element_loads if ld.symbol in red_elem]))),
         red_variants=red_variants,
         red_t=red_t,
+        lanes_t_rin=lanes_t_rin,
+        lane_t_shift=len(lanes_t_rin),
+        n_lanes_t=len(lanes_t_rin) + len(moments),
         red_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],
         red_stmts=stmts_a,
         red_terms=red_terms,
@@ -552,6 +600,8 @@ def _stats_helpers() -> dict:
         # more than half of s2 would cancel: the shift is too far from the mean, recenter
         recenter=p.doprint(sympy.StrictGreaterThan(s1**2, n * s2 / 2)),
         # sums taken in float are usable: finite, and the squares not in float's tiny range
+        t_ok_sum=p.doprint(sympy.And(is_finite(s), sympy.Or(sympy.Eq(s, 0), sympy.StrictGreaterThan(
+            sympy.Abs(s), n * sympy.Float(2.0**-100))))),
         t_ok=p.doprint(sympy.And(is_finite(s1), is_finite(s2), sympy.StrictGreaterThan(s2, n * sympy.Float(2.0**-100)))),
     )
 

@@ -81,6 +81,61 @@ static void *bnsym_alloc(size_t count, size_t size)
     return malloc((count ? count : 1) * size);
 }
 
+/* Moments of a block and Chan's merge of two (count, mean, M2) summaries; the expressions are
+ * printed from SymPy (bnsym.codegen._stats_helpers). Never E[v^2] - E[v]^2: a block is summed
+ * as deviations from a shift near its mean (the corrected two-pass formula), recentered when
+ * the shift is too far off, then merged with Chan's formula. */
+static inline double bnsym_stat_mean(double s, double n)
+{
+    return s/n;
+}
+
+static inline double bnsym_stat_var(double s, double n)
+{
+    return s/n;
+}
+
+static inline double bnsym_stat_block_mean(double k, double s1, double n)
+{
+    return k + s1/n;
+}
+
+static inline double bnsym_stat_block_m2(double s1, double s2, double n)
+{
+    return s2 - (s1*s1)/n;
+}
+
+static inline int bnsym_stat_recenter(double s1, double s2, double n)
+{
+    return s1*s1 > (1.0/2.0)*n*s2;
+}
+
+/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny). */
+static inline int bnsym_stat_t_ok_sum(double s, double n)
+{
+    return (isfinite(s)) && ((s == 0) || (fabs(s) > 7.8886090522101181e-31*n));
+}
+
+static inline int bnsym_stat_t_ok(double s1, double s2, double n)
+{
+    return (isfinite(s1)) && (isfinite(s2)) && (s2 > 7.8886090522101181e-31*n);
+}
+
+/* The weight of the second summary, shared by all channels of a block (equal counts). */
+static inline double bnsym_stat_weight(double na, double nb)
+{
+    return nb/(na + nb);
+}
+
+static inline void bnsym_stat_merge(double na, double w, double *ma_p, double *qa_p, double mb, double qb)
+{
+    const double ma = *ma_p;
+    const double qa = *qa_p;
+    const double d = -ma + mb;
+    *ma_p = d*w + ma;
+    *qa_p = (d*d)*na*w + qa + qb;
+}
+
 /* ======================== bnsym_backward_train_f32: gradients through batch statistics (dx, dgamma, dbeta) (float) ======================== */
 
 /* Arguments and per-call workspace of bnsym_backward_train_f32_*. */
@@ -119,6 +174,10 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [2][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
+    double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
+    double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
+    float *lanet; /* [3][L] the lane inputs as the float pass reads them */
+    float *psumt; /* [2][L] partial sums of wide rows in float */
 } bnsym_backward_train_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -126,7 +185,7 @@ static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t L
 {
     const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(2 + 2) * (size_t)L;
+        + (size_t)(2 + 2) * (size_t)L        + (size_t)(2 + 1) * (size_t)LC + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     return (n + 15) / 8 * 8;
 }
 
@@ -147,6 +206,12 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
         st->cnt[j] = 0.0;
     for (j = 0; j < 2 * L; ++j)
         sc->psum[j] = 0.0;
+    sc->bsave = sc->psum + 2 * L;
+    sc->tbad = sc->bsave + 2 * LC;
+    sc->lanet = (float *)(sc->tbad + LC);
+    sc->psumt = sc->lanet + 3 * L;
+    for (j = 0; j < 2 * L; ++j)
+        sc->psumt[j] = 0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -350,6 +415,203 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
         }
     }
 }
+/* The reduction pass in float, partial sums of a few terms added in double: nq super-rows of L lanes, qstride apart, from base,
+ * then tail values (lanes 0 .. tail-1). For
+ * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
+ * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
+ * in a register, then adds that partial sum to its double accumulator. */
+static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
+    int64_t L, int64_t tail)
+{
+    const int64_t nq_all = nq;
+    int64_t q0, t, j;
+    if (L % BNSYM_LANES != 0) {
+        /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
+         * partial sums in L1 */
+        for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
+            const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
+            int64_t g, h;
+            for (g = 0; g < gn; g += h) {
+                float *bn_s0 = p->psumt + 0 * L;
+                float *bn_s1 = p->psumt + 1 * L;
+                const float *bn_lane_bn_invstd_f = p->lanet + 0 * L;
+                const float *bn_lane_bn_mean_hi = p->lanet + 1 * L;
+                const float *bn_lane_bn_mean_lo = p->lanet + 2 * L;
+                const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
+                if (h == BNSYM_WIDE_ROWS) {
+                    BNSYM_SIMD
+                    for (j = 0; j < L; ++j) {
+                        const float bn_invstd_f = bn_lane_bn_invstd_f[j];
+                        const float bn_mean_hi = bn_lane_bn_mean_hi[j];
+                        const float bn_mean_lo = bn_lane_bn_mean_lo[j];
+                        float bn_r0 = 0;
+                        float bn_r1 = 0;
+                        int64_t hh;
+                        for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
+                            const float dy = (float)bn_grad_output[hh * qstride + j];
+                            const float x_v = (float)bn_x[hh * qstride + j];
+                            const float bn_rh0 = -bn_mean_hi + x_v;
+                            bn_r0 += dy;
+                            bn_r1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                        }
+                        bn_s0[j] += bn_r0;
+                        bn_s1[j] += bn_r1;
+                    }
+                } else {
+                    BNSYM_SIMD
+                    for (j = 0; j < L; ++j) {
+                        const float bn_invstd_f = bn_lane_bn_invstd_f[j];
+                        const float bn_mean_hi = bn_lane_bn_mean_hi[j];
+                        const float bn_mean_lo = bn_lane_bn_mean_lo[j];
+                        float bn_r0 = 0;
+                        float bn_r1 = 0;
+                        int64_t hh;
+                        for (hh = 0; hh < 1; ++hh) {
+                            const float dy = (float)bn_grad_output[hh * qstride + j];
+                            const float x_v = (float)bn_x[hh * qstride + j];
+                            const float bn_rh0 = -bn_mean_hi + x_v;
+                            bn_r0 += dy;
+                            bn_r1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                        }
+                        bn_s0[j] += bn_r0;
+                        bn_s1[j] += bn_r1;
+                    }
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j) {
+                p->acc[j] += (double)p->psumt[j];
+                p->psumt[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    for (q0 = 0; q0 < nq; q0 += 4) {
+        const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
+        {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
+            int64_t qa, o;
+            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
+                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
+                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
+                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
+                }
+        }
+        for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
+            double *bn_acc0 = p->acc + 0 * L + t;
+            double *bn_acc1 = p->acc + 1 * L + t;
+            const float *bn_lane_bn_invstd_f = p->lanet + 0 * L + t;
+            const float *bn_lane_bn_mean_hi = p->lanet + 1 * L + t;
+            const float *bn_lane_bn_mean_lo = p->lanet + 2 * L + t;
+            const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
+            const float *bn_x = a->x + base + q0 * qstride + t;
+            if (gn == 4) {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_invstd_f = bn_lane_bn_invstd_f[j];
+                    const float bn_mean_hi = bn_lane_bn_mean_hi[j];
+                    const float bn_mean_lo = bn_lane_bn_mean_lo[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < 4; ++g) {
+                        const float dy = (float)bn_grad_output[g * qstride + j];
+                        const float x_v = (float)bn_x[g * qstride + j];
+                        const float bn_rh0 = -bn_mean_hi + x_v;
+                        bn_s0 += dy;
+                        bn_s1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
+                }
+            } else {
+                BNSYM_SIMD
+                for (j = 0; j < BNSYM_LANES; ++j) {
+                    const float bn_invstd_f = bn_lane_bn_invstd_f[j];
+                    const float bn_mean_hi = bn_lane_bn_mean_hi[j];
+                    const float bn_mean_lo = bn_lane_bn_mean_lo[j];
+                    float bn_s0 = 0;
+                    float bn_s1 = 0;
+                    int64_t g;
+                    for (g = 0; g < gn; ++g) {
+                        const float dy = (float)bn_grad_output[g * qstride + j];
+                        const float x_v = (float)bn_x[g * qstride + j];
+                        const float bn_rh0 = -bn_mean_hi + x_v;
+                        bn_s0 += dy;
+                        bn_s1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                    }
+                    bn_acc0[j] += (double)bn_s0;
+                    bn_acc1[j] += (double)bn_s1;
+                }
+            }
+        }
+    }
+    {
+        const float *bn_grad_output = a->grad_output + base + nq_all * qstride;
+        const float *bn_x = a->x + base + nq_all * qstride;
+        for (j = 0; j < tail; ++j) {
+            const float bn_invstd_f = p->lanet[0 * L + j];
+            const float bn_mean_hi = p->lanet[1 * L + j];
+            const float bn_mean_lo = p->lanet[2 * L + j];
+            const float dy = (float)bn_grad_output[j];
+            const float x_v = (float)bn_x[j];
+            const float bn_rh0 = -bn_mean_hi + x_v;
+            p->acc[0 * L + j] += (double)(dy);
+            p->acc[1 * L + j] += (double)(bn_invstd_f*dy*(-bn_mean_lo + bn_rh0));
+        }
+    }
+}
+
+/* The lanes of the reduction inputs for channels c0 .. c0 + LC - 1 (lane j: channel
+ * c0 + (j / R) % LC), in double and as the float pass reads them. */
+static void bnsym_backward_train_f32_set_rin(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const double bn_v = a->rin[0 * a->C + c0 + c];
+                double *bn_l = p->lane + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const double bn_v = a->rin[1 * a->C + c0 + c];
+                double *bn_l = p->lane + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const double bn_v = a->rin[0 * a->C + c0 + c];
+                const float bn_w = (float)(bn_v);
+                float *bn_l = p->lanet + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_w;
+            }
+            {
+                const double bn_v = a->rin[1 * a->C + c0 + c];
+                const float bn_w = (float)(bn_v);
+                float *bn_l = p->lanet + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_w;
+            }
+            {
+                const double bn_v = a->rin[1 * a->C + c0 + c];
+                const float bn_w = (float)(bn_v - (double)(float)(bn_v));
+                float *bn_l = p->lanet + 2 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_w;
+            }
+        }
+}
 
 /* Fold lane accumulators acc[k][L] into per-channel sums bacc[k][LC] (lane j: channel
  * (j / R) % LC), in a fixed order. */
@@ -391,6 +653,13 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
     int64_t g, j;
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
+    if (use_t) {
+        if (seg_len == L && nq == 1 && tail == 0)
+            bnsym_backward_train_f32_pass_t(a, p, base, nseg, stride, L, 0);
+        else
+            for (g = 0; g < nseg; ++g)
+                bnsym_backward_train_f32_pass_t(a, p, base + g * stride, nq, L, L, tail);
+    } else
     if (seg_len == L && nq == 1 && tail == 0)
         bnsym_backward_train_f32_pass(a, p, base, nseg, stride, L, 0); /* one super-row per segment */
     else
@@ -400,6 +669,32 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
     bnsym_backward_train_f32_fold(p->acc, p->bacc, L, LC, R);
 }
 
+
+/* After a block was summed by the float pass: partial sums in float are exact enough unless a
+ * value left its range (the sums then overflow, or are tiny); such channels are summed again
+ * by the double pass (the others keep their sums: a channel never depends on another). */
+static void bnsym_backward_train_f32_t_fallback(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, double bn)
+{
+    int64_t c, k;
+    int bad = 0;
+    for (c = 0; c < LC; ++c) {
+        int ok = 1;
+        ok &= bnsym_stat_t_ok_sum(p->bacc[0 * LC + c], bn);
+        ok &= bnsym_stat_t_ok_sum(p->bacc[1 * LC + c], bn);
+        p->tbad[c] = ok ? 0.0 : 1.0;
+        bad |= !ok;
+    }
+    if (!bad)
+        return;
+    for (k = 0; k < 2 * LC; ++k)
+        p->bsave[k] = p->bacc[k];
+    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
+    for (k = 0; k < 2; ++k)
+        for (c = 0; c < LC; ++c)
+            if (p->tbad[c] == 0.0)
+                p->bacc[k * LC + c] = p->bsave[k * LC + c];
+}
 
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
  * lanes, lane j: channel c0 + (j / R) % LC), summed in one pass as deviations from a per-channel
@@ -412,7 +707,8 @@ static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32
     const double bn = (double)(nseg * seg_len / LC);
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
-    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
+    bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 1);
+    bnsym_backward_train_f32_t_fallback(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, bn);
     for (c = 0; c < LC; ++c) {
         st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
         st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
@@ -460,12 +756,9 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
         const int64_t q = u / nsb, s0 = (u % nsb) * sb;
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
-        for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = a->rin[0 * C + cu];
-        for (j = 0; j < L; ++j)
-            sc->lane[1 * L + j] = a->rin[1 * C + cu];
+        bnsym_backward_train_f32_set_rin(a, sc, L, cu, 1, L);
         sc->acc = clanes + cu * 2 * L;
-        bnsym_backward_train_f32_pass(a, sc, q * S + s0, nq, L, L, tail);
+        bnsym_backward_train_f32_pass_t(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
     }
     sc->acc = own;
@@ -663,22 +956,13 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                     const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                    int64_t cc, r;
-                    for (cc = 0; cc < LC; ++cc)
-                        for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
-                            sc[tid].lane[1 * LC * S + cc * S + r] = a->rin[1 * C + c0 + cc];
-                        }
+                    bnsym_backward_train_f32_set_rin(a, &sc[tid], LC * S, c0, LC, S);
                     bnsym_backward_train_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
                 } else {
                     const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                    int64_t j;
-                    for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
-                    for (j = 0; j < L; ++j)
-                        sc[tid].lane[1 * L + j] = a->rin[1 * C + cu];
+                    bnsym_backward_train_f32_set_rin(a, &sc[tid], L, cu, 1, L);
                     bnsym_backward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -786,12 +1070,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         if (need_red) {
             int64_t r, jj;
             int tt;
-            for (r = 0; r < L; r += C)
-                for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
-            for (r = 0; r < L; r += C)
-                for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[1 * L + r + jj] = a->rin[1 * C + jj];
+            bnsym_backward_train_f32_set_rin(a, &sc[tid], L, 0, C, 1);
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
@@ -1213,6 +1492,30 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
     }
 }
 
+/* The lanes of the reduction inputs for channels c0 .. c0 + LC - 1 (lane j: channel
+ * c0 + (j / R) % LC). */
+static void bnsym_backward_train_f64_set_rin(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const double bn_v = a->rin[0 * a->C + c0 + c];
+                double *bn_l = p->lane + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const double bn_v = a->rin[1 * a->C + c0 + c];
+                double *bn_l = p->lane + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+        }
+}
+
 /* Fold lane accumulators acc[k][L] into per-channel sums bacc[k][LC] (lane j: channel
  * (j / R) % LC), in a fixed order. */
 static void bnsym_backward_train_f64_fold(const double *acc, double *bacc, int64_t L, int64_t LC, int64_t R)
@@ -1322,10 +1625,7 @@ static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ct
         const int64_t q = u / nsb, s0 = (u % nsb) * sb;
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
-        for (j = 0; j < L; ++j)
-            sc->lane[0 * L + j] = a->rin[0 * C + cu];
-        for (j = 0; j < L; ++j)
-            sc->lane[1 * L + j] = a->rin[1 * C + cu];
+        bnsym_backward_train_f64_set_rin(a, sc, L, cu, 1, L);
         sc->acc = clanes + cu * 2 * L;
         bnsym_backward_train_f64_pass(a, sc, q * S + s0, nq, L, L, tail);
         st->cnt[cu] += (double)len;
@@ -1464,22 +1764,13 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                     const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                    int64_t cc, r;
-                    for (cc = 0; cc < LC; ++cc)
-                        for (r = 0; r < S; ++r) {
-                            sc[tid].lane[0 * LC * S + cc * S + r] = a->rin[0 * C + c0 + cc];
-                            sc[tid].lane[1 * LC * S + cc * S + r] = a->rin[1 * C + c0 + cc];
-                        }
+                    bnsym_backward_train_f64_set_rin(a, &sc[tid], LC * S, c0, LC, S);
                     bnsym_backward_train_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                         LC * S, LC, S);
                 } else {
                     const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                     const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                    int64_t j;
-                    for (j = 0; j < L; ++j)
-                        sc[tid].lane[0 * L + j] = a->rin[0 * C + cu];
-                    for (j = 0; j < L; ++j)
-                        sc[tid].lane[1 * L + j] = a->rin[1 * C + cu];
+                    bnsym_backward_train_f64_set_rin(a, &sc[tid], L, cu, 1, L);
                     bnsym_backward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
                 }
             }
@@ -1585,12 +1876,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         if (need_red) {
             int64_t r, jj;
             int tt;
-            for (r = 0; r < L; r += C)
-                for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[0 * L + r + jj] = a->rin[0 * C + jj];
-            for (r = 0; r < L; r += C)
-                for (jj = 0; jj < C; ++jj)
-                    sc[tid].lane[1 * L + r + jj] = a->rin[1 * C + jj];
+            bnsym_backward_train_f64_set_rin(a, &sc[tid], L, 0, C, 1);
             for (r = r0; r < r1; r += RB) {
                 const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
                 bnsym_backward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);

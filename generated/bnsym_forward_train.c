@@ -110,7 +110,12 @@ static inline int bnsym_stat_recenter(double s1, double s2, double n)
     return s1*s1 > (1.0/2.0)*n*s2;
 }
 
-/* Sums of a block taken in the array type are usable (finite, squares not tiny). */
+/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny). */
+static inline int bnsym_stat_t_ok_sum(double s, double n)
+{
+    return (isfinite(s)) && ((s == 0) || (fabs(s) > 7.8886090522101181e-31*n));
+}
+
 static inline int bnsym_stat_t_ok(double s1, double s2, double n)
 {
     return (isfinite(s1)) && (isfinite(s2)) && (s2 > 7.8886090522101181e-31*n);
@@ -173,7 +178,7 @@ typedef struct {
     double *psum;  /* [2][L] partial sums of wide rows */
     double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
     double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
-    float *lanet; /* [1][L] the lane inputs in float */
+    float *lanet; /* [1][L] the lane inputs as the float pass reads them */
     float *psumt; /* [2][L] partial sums of wide rows in float */
 } bnsym_forward_train_f32_scratch;
 
@@ -607,7 +612,7 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
             for (c = 0; c < LC; ++c)
                 bn_l[c] = bn_s[c];
             {
-                float *bn_lt = p->lanet + 0 * L + u;
+                float *bn_lt = p->lanet + (0 + 0) * L + u;
                 BNSYM_SIMD
                 for (c = 0; c < LC; ++c)
                     bn_lt[c] = (float)bn_s[c];
@@ -622,13 +627,38 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
                 {
-                    float *bn_lt = p->lanet + 0 * L + u + c * R;
+                    float *bn_lt = p->lanet + (0 + 0) * L + u + c * R;
                     BNSYM_SIMD
                     for (r = 0; r < R; ++r)
                         bn_lt[r] = (float)bn_v;
                 }
             }
     }
+}
+
+/* After a block was summed by the float pass: partial sums in float are exact enough unless a
+ * value left its range (the sums then overflow, or are tiny); such channels are summed again
+ * by the double pass (the others keep their sums: a channel never depends on another). */
+static void bnsym_forward_train_f32_t_fallback(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, double bn)
+{
+    int64_t c, k;
+    int bad = 0;
+    for (c = 0; c < LC; ++c) {
+        int ok = 1;
+        ok &= bnsym_stat_t_ok(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
+        p->tbad[c] = ok ? 0.0 : 1.0;
+        bad |= !ok;
+    }
+    if (!bad)
+        return;
+    for (k = 0; k < 2 * LC; ++k)
+        p->bsave[k] = p->bacc[k];
+    bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
+    for (k = 0; k < 2; ++k)
+        for (c = 0; c < LC; ++c)
+            if (p->tbad[c] == 0.0)
+                p->bacc[k * LC + c] = p->bsave[k * LC + c];
 }
 
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
@@ -680,28 +710,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         int recenter = 0;
         bnsym_forward_train_f32_set_shifts(p, L, LC, R);
         bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, use_t);
-        {
-            /* partial sums in float are exact enough unless a value left its range (the sums
-             * then overflow, or the squares are tiny): such channels are summed again by the
-             * double pass (the others keep their sums: a channel never depends on another) */
-            int bad = 0;
-            for (c = 0; c < LC; ++c) {
-                int ok = 1;
-                ok &= bnsym_stat_t_ok(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
-                p->tbad[c] = ok ? 0.0 : 1.0;
-                bad |= !ok;
-            }
-            if (bad) {
-                int64_t k;
-                for (k = 0; k < 2 * LC; ++k)
-                    p->bsave[k] = p->bacc[k];
-                bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
-                for (k = 0; k < 2; ++k)
-                    for (c = 0; c < LC; ++c)
-                        if (p->tbad[c] == 0.0)
-                            p->bacc[k * LC + c] = p->bsave[k * LC + c];
-            }
-        }
+        bnsym_forward_train_f32_t_fallback(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, bn);
         if (recentered)
             break;
         /* channels whose shift was too far from their mean get a new one (the others keep
