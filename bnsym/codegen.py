@@ -363,6 +363,39 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
             elem_targets = new_targets
             for lo in los:
                 coef_expr.pop(lo, None)
+    if T == "float" and split:
+        # Collect each (linear) store into per-channel coefficients of its element basis: the
+        # loads and the exact differences x - hi (dx = k0 + kdy*dy + (kxhat*invstd)*(x - hi)):
+        # fewer coefficients to load and fewer products per element. A coefficient that would
+        # leave the float range sends its channel to the double element pass (see below).
+        keep = {d.symbol for d in edefs if d.symbol.name.startswith("bn_h")}
+        basis = set(elem_load_syms) | keep
+
+        def inline_keep(expr):
+            for d in reversed(edefs):
+                if d.symbol not in keep:
+                    expr = expr.xreplace({d.symbol: d.expr})
+            return expr
+
+        collected = []
+        for name, e in elem_targets:
+            full = sympy.expand(inline_keep(sympy.sympify(e)))
+            parts = sympy.collect(full, sorted(basis, key=lambda x: x.name), evaluate=False)
+            if not all((k == 1 or k in basis) and not (_free(v) & elem_syms) for k, v in parts.items()):
+                collected = None
+                break
+            terms = []
+            for k in sorted(parts, key=lambda x: "" if x == 1 else x.name):
+                v = parts[k]
+                if not v.is_Symbol:
+                    kk = _sym(f"bn_{name}_k{len(collected)}_{len(terms)}")
+                    names.map[kk] = kk.name
+                    coef_expr[kk] = v.xreplace(coef_expr)
+                    v = kk
+                terms.append(v if k == 1 else v * k)
+            collected.append((name, sympy.Add(*terms)))
+        if collected:
+            elem_targets = collected
     elem_def_syms_all = {d.symbol for d in edefs}
     needed_edefs = _needed_defs(edefs, [e for _, e in elem_targets])
     e_in: set[sympy.Symbol] = set()

@@ -153,7 +153,7 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [2][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    float *coef; /* element-pass coefficients, [5][C] */
+    float *coef; /* element-pass coefficients, [4][C] */
     double *coefd; /* coefficients of the element pass in double, [5][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
     int use_wide;  /* run the element pass in double */
@@ -244,27 +244,27 @@ static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx
         const double ct1 = ct0/m;
         const double ct5 = fabs(mean);
         const double dx_k_dy = ct0;
-        const double ct3 = fabs(dx_k_dy);
+        const double ct4 = fabs(dx_k_dy);
         const double dx_k_xhat = -sum_dy_xhat*ct1;
-        const double ct4 = fabs(dx_k_xhat);
+        const double ct2 = dx_k_xhat*invstd;
+        const double ct6 = fabs(dx_k_xhat)*invstd;
         const double dx_k0 = -sum_dy*ct1;
-        const double ct2 = dx_k0 - dx_k_xhat*invstd*(mean - (double)(float)(mean));
-        const double ct6 = fabs(ct2);
+        const double ct3 = -ct2*(mean - (double)(float)(mean)) + dx_k0;
+        const double ct7 = fabs(ct3);
         if (a->grad_weight != NULL)
             a->grad_weight[c] = (float)(sum_dy_xhat);
         if (a->grad_bias != NULL)
             a->grad_bias[c] = (float)(sum_dy);
-        a->coef[0 * a->C + c] = (float)(ct2);
-        a->coef[1 * a->C + c] = (float)(mean);
-        a->coef[2 * a->C + c] = (float)(dx_k_dy);
-        a->coef[3 * a->C + c] = (float)(dx_k_xhat);
-        a->coef[4 * a->C + c] = (float)(invstd);
+        a->coef[0 * a->C + c] = (float)(ct3);
+        a->coef[1 * a->C + c] = (float)(ct2);
+        a->coef[2 * a->C + c] = (float)(mean);
+        a->coef[3 * a->C + c] = (float)(dx_k_dy);
         a->coefd[0 * a->C + c] = dx_k0;
         a->coefd[1 * a->C + c] = dx_k_dy;
         a->coefd[2 * a->C + c] = dx_k_xhat;
         a->coefd[3 * a->C + c] = invstd;
         a->coefd[4 * a->C + c] = mean;
-        a->wflag[c] = (((isfinite(invstd)) && ((invstd > 1.2676506002282294e+30) || (invstd < 7.8886090522101181e-31))) || ((isfinite(ct2)) && (ct2 != 0) && ((ct6 > 1.2676506002282294e+30) || (ct6 < 7.8886090522101181e-31))) || ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31))) || ((isfinite(dx_k_xhat)) && (dx_k_xhat != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        a->wflag[c] = (((isfinite(ct2)) && (ct2 != 0) && ((ct6 > 1.2676506002282294e+30) || (ct6 < 7.8886090522101181e-31))) || ((isfinite(ct3)) && (ct3 != 0) && ((ct7 > 1.2676506002282294e+30) || (ct7 < 7.8886090522101181e-31))) || ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
     }
 }
 
@@ -797,10 +797,9 @@ static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32
         return;
     }
     const float bn_grad_input_k0_t = a->coef[0 * a->C + c];
-    const float bn_mean_hi_t = a->coef[1 * a->C + c];
-    const float dx_k_dy_t = a->coef[2 * a->C + c];
-    const float dx_k_xhat_t = a->coef[3 * a->C + c];
-    const float invstd_t = a->coef[4 * a->C + c];
+    const float bn_grad_input_k0_1_t = a->coef[1 * a->C + c];
+    const float bn_mean_hi_t = a->coef[2 * a->C + c];
+    const float dx_k_dy_t = a->coef[3 * a->C + c];
     const float *bn_grad_output = a->grad_output + off;
     const float *bn_x = a->x + off;
     float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
@@ -809,9 +808,7 @@ static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32
         const float dy = bn_grad_output[j];
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_mean_hi_t + x_v;
-        const float xmu = bn_h0;
-        const float xhat = invstd_t*xmu;
-        bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat;
+        bn_grad_input[j] = bn_grad_input_k0_1_t*bn_h0 + bn_grad_input_k0_t + dx_k_dy_t*dy;
     }
 }
 
@@ -843,26 +840,22 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
                     bn_grad_input[j] = (float)(dx_k0_d + dx_k_dy_d*dy + dx_k_xhat_d*xhat);
                 } else {
                     const float bn_grad_input_k0_t = a->coef[0 * C + j];
-                    const float bn_mean_hi_t = a->coef[1 * C + j];
-                    const float dx_k_dy_t = a->coef[2 * C + j];
-                    const float dx_k_xhat_t = a->coef[3 * C + j];
-                    const float invstd_t = a->coef[4 * C + j];
+                    const float bn_grad_input_k0_1_t = a->coef[1 * C + j];
+                    const float bn_mean_hi_t = a->coef[2 * C + j];
+                    const float dx_k_dy_t = a->coef[3 * C + j];
                     const float dy = bn_grad_output[j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_mean_hi_t + x_v;
-                    const float xmu = bn_h0;
-                    const float xhat = invstd_t*xmu;
-                    bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat;
+                    bn_grad_input[j] = bn_grad_input_k0_1_t*bn_h0 + bn_grad_input_k0_t + dx_k_dy_t*dy;
                 }
             }
         }
         return;
     }
     const float *bn_lane_bn_grad_input_k0 = lanes + 0 * L;
-    const float *bn_lane_bn_mean_hi = lanes + 1 * L;
-    const float *bn_lane_dx_k_dy = lanes + 2 * L;
-    const float *bn_lane_dx_k_xhat = lanes + 3 * L;
-    const float *bn_lane_invstd = lanes + 4 * L;
+    const float *bn_lane_bn_grad_input_k0_1 = lanes + 1 * L;
+    const float *bn_lane_bn_mean_hi = lanes + 2 * L;
+    const float *bn_lane_dx_k_dy = lanes + 3 * L;
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -872,16 +865,13 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
             const float bn_grad_input_k0_t = bn_lane_bn_grad_input_k0[j];
+            const float bn_grad_input_k0_1_t = bn_lane_bn_grad_input_k0_1[j];
             const float bn_mean_hi_t = bn_lane_bn_mean_hi[j];
             const float dx_k_dy_t = bn_lane_dx_k_dy[j];
-            const float dx_k_xhat_t = bn_lane_dx_k_xhat[j];
-            const float invstd_t = bn_lane_invstd[j];
             const float dy = bn_grad_output[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_mean_hi_t + x_v;
-            const float xmu = bn_h0;
-            const float xhat = invstd_t*xmu;
-            bn_grad_input[j] = bn_grad_input_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat;
+            bn_grad_input[j] = bn_grad_input_k0_1_t*bn_h0 + bn_grad_input_k0_t + dx_k_dy_t*dy;
         }
     }
 }
@@ -1040,7 +1030,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         bnsym_backward_train_f32_reduction_inputs(a);
     }
     if (need_elem) {
-        lanes = (float *)bnsym_alloc((size_t)5 * (size_t)Le, sizeof(float));
+        lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             free(wbuf);
             free(st);
@@ -1060,7 +1050,6 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                     lanes[1 * Le + j + c] = a->coef[1 * C + c];
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                     lanes[3 * Le + j + c] = a->coef[3 * C + c];
-                    lanes[4 * Le + j + c] = a->coef[4 * C + c];
                 }
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -1090,7 +1079,6 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
                             lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
                             lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
                             lanes[3 * Le + r + jj] = a->coef[3 * C + jj];
-                            lanes[4 * Le + r + jj] = a->coef[4 * C + jj];
                         }
             }
         }
@@ -1158,7 +1146,7 @@ int bnsym_backward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(2 + 2 + 0 + 5 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)5 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);
@@ -1229,7 +1217,7 @@ int bnsym_backward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     ctx.rin = (double *)bnsym_alloc((size_t)(2 + 2 + 0 + 5 + 1) * (size_t)C, sizeof(double));
-    ctx.coef = (float *)bnsym_alloc((size_t)5 * (size_t)C, sizeof(float));
+    ctx.coef = (float *)bnsym_alloc((size_t)4 * (size_t)C, sizeof(float));
     if (ctx.rin == NULL || ctx.coef == NULL) {
         free(ctx.rin);
         free(ctx.coef);

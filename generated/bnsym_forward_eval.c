@@ -169,8 +169,7 @@ static void bnsym_forward_eval_f32_elements_ncs(const bnsym_forward_eval_f32_ctx
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-        const float xmu = bn_h0;
-        bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+        bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
     }
 }
 
@@ -201,8 +200,7 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
                     const float y_k_xmu_t = a->coef[2 * C + j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-                    const float xmu = bn_h0;
-                    bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+                    bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
                 }
             }
         }
@@ -223,8 +221,7 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_running_mean_v_hi_t + x_v;
-            const float xmu = bn_h0;
-            bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+            bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
         }
     }
 }

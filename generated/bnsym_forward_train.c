@@ -856,8 +856,7 @@ static void bnsym_forward_train_f32_elements_ncs(const bnsym_forward_train_f32_c
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_mean_hi_t + x_v;
-        const float xmu = bn_h0;
-        bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+        bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
     }
 }
 
@@ -888,8 +887,7 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
                     const float y_k_xmu_t = a->coef[2 * C + j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_mean_hi_t + x_v;
-                    const float xmu = bn_h0;
-                    bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+                    bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
                 }
             }
         }
@@ -910,8 +908,7 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
             const float y_k_xmu_t = bn_lane_y_k_xmu[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_mean_hi_t + x_v;
-            const float xmu = bn_h0;
-            bn_y[j] = bn_y_k0_t + xmu*y_k_xmu_t;
+            bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
         }
     }
 }
