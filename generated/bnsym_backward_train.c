@@ -41,6 +41,12 @@
 #define BNSYM_GROUP_LANES 2048
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
+/* Bytes of input above which a second pass over the whole input would read memory, not cache:
+ * the ncs kernels then work in channel blocks. */
+#define BNSYM_CACHE_BYTES (16 << 20)
+/* Bytes per array of a channel block of the channel-block ncs schedule (both passes of a block
+ * share the cache). */
+#define BNSYM_CHANNEL_BLOCK_BYTES 131072
 /* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
  * proportional to C; a block is summed again from L2 only when it needs recentering). */
 #define BNSYM_ROW_BLOCK 32768
@@ -79,6 +85,17 @@ static int bnsym_threads(int num_threads, int64_t work)
 static void *bnsym_alloc(size_t count, size_t size)
 {
     return malloc((count ? count : 1) * size);
+}
+
+/* Unit u of the long-strip (ncs) schedule over channels c0 .. c0+nc-1 (all: c0 = 0, nc = C),
+ * in address order, units of sb values, nsb per strip: its strip q = n*C + c and the offset
+ * s0 in it. */
+static inline void bnsym_ncs_unit(int64_t u, int64_t c0, int64_t nc, int64_t C, int64_t nsb, int64_t sb,
+    int64_t *q, int64_t *s0)
+{
+    const int64_t k = u / nsb; /* the strip's index among the range's strips */
+    *q = (k / nc) * C + c0 + k % nc;
+    *s0 = (u % nsb) * sb;
 }
 
 /* Moments of a block and Chan's merge of two (count, mean, M2) summaries; the expressions are
@@ -227,13 +244,13 @@ static void bnsym_backward_train_f32_reduction_inputs(const bnsym_backward_train
     }
 }
 
-/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+/* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
-static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx *a)
+static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx *a, int64_t c0, int64_t c1)
 {
     int64_t c;
     BNSYM_SIMD
-    for (c = 0; c < a->C; ++c) {
+    for (c = c0; c < c1; ++c) {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double mean = (double)a->save_mean[c];
         const double invstd = (double)a->save_invstd[c];
@@ -730,30 +747,35 @@ static void bnsym_backward_train_f32_state_merge(bnsym_backward_train_f32_state 
     }
 }
 
-/* The reduction results of every channel. */
-static void bnsym_backward_train_f32_state_finish(const bnsym_backward_train_f32_ctx *a, const bnsym_backward_train_f32_state *st)
+/* The reduction results of channels c0 .. c1-1. */
+static void bnsym_backward_train_f32_state_finish(const bnsym_backward_train_f32_ctx *a, const bnsym_backward_train_f32_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
     int64_t c;
-    for (c = 0; c < C; ++c) {
+    for (c = c0; c < c1; ++c) {
         a->red[0 * C + c] = st->sum[0 * C + c];
         a->red[1 * C + c] = st->sum[1 * C + c];
     }
 }
 
-/* Layout ncs, long strips: all units of channel c in a thread's range accumulate into the
+/* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
+ * All units of channel c in a thread's range accumulate into the
  * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end. Writes the range's per-channel summaries into st (zeroed). */
 static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_state *st, bnsym_backward_train_f32_scratch *sc, double *clanes,
-    double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb)
+    double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {
     const int64_t C = a->C, S = a->S, L = BNSYM_LANES;
+    const int64_t c_first = c0, c_last = c0 + nc - 1;
     double *const own = sc->acc;
     int64_t u, c, j;
     (void)cshift;
-    for (j = 0; j < 2 * L * C; ++j)
+    if (u1 <= u0)
+        return;
+    for (j = c_first * 2 * L; j < (c_last + 1) * 2 * L; ++j)
         clanes[j] = 0.0;
     for (u = u0; u < u1; ++u) {
-        const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+        int64_t q, s0;
+        bnsym_ncs_unit(u, c0, nc, C, nsb, sb, &q, &s0);
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         bnsym_backward_train_f32_set_rin(a, sc, L, cu, 1, L);
@@ -762,7 +784,7 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
         st->cnt[cu] += (double)len;
     }
     sc->acc = own;
-    for (c = 0; c < C; ++c) {
+    for (c = c_first; c <= c_last; ++c) {
         double *lanes_c = clanes + c * 2 * L;
         if (st->cnt[c] == 0.0)
             continue;
@@ -881,7 +903,12 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
- * are merged in thread order. */
+ * are merged in thread order.
+ * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
+ * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
+ * its channels' coefficients, then its element pass, which reads the block again from cache
+ * instead of memory. A channel's sums then do not depend on the thread count. */
 static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -903,6 +930,8 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     const size_t wsz = bnsym_backward_train_f32_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
     const int chan_lanes = !grouped && (size_t)C * (2 * BNSYM_LANES + 0) <= BNSYM_CHANNEL_LANES_MAX;
+    const int cmaj = chan_lanes && need_red && need_elem && C >= nt && (C % nt == 0 || C >= 4 * nt)
+        && (double)N * (double)C * (double)S * (double)sizeof(float) > (double)BNSYM_CACHE_BYTES;
     const size_t csz = chan_lanes ? ((size_t)C * (2 * BNSYM_LANES + 0) + 7) / 8 * 8 : 0;
     double *cbuf = NULL;
     double *wbuf = NULL;
@@ -928,7 +957,7 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_train_f32_channels(a);
+        bnsym_backward_train_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_backward_train_f32_needs_wide(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -936,11 +965,28 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
         int64_t u;
-        if (need_red) {
+        if (cmaj) {
+            const int64_t per = N * S * (int64_t)sizeof(float);
+            const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
+            const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
+            int64_t c0;
+            for (c0 = ca; c0 < cz; c0 += cb) {
+                const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
+                int64_t n, cc;
+                bnsym_backward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
+                    N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
+                bnsym_backward_train_f32_state_finish(a, &st[tid], c0, c1);
+                bnsym_backward_train_f32_channels(a, c0, c1);
+                for (n = 0; n < N; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_backward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+            }
+        } else if (need_red) {
             int tt;
             if (chan_lanes)
                 bnsym_backward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb);
+                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
             else
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
@@ -961,12 +1007,12 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
             {
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
-                bnsym_backward_train_f32_state_finish(a, &st[nt]);
-                bnsym_backward_train_f32_channels(a);
+                bnsym_backward_train_f32_state_finish(a, &st[nt], 0, C);
+                bnsym_backward_train_f32_channels(a, 0, a->C);
                 a->use_wide = bnsym_backward_train_f32_needs_wide(a);
             }
         }
-        if (need_elem) {
+        if (need_elem && !cmaj) {
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
@@ -1041,7 +1087,7 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_train_f32_channels(a);
+        bnsym_backward_train_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_backward_train_f32_needs_wide(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
@@ -1069,8 +1115,8 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
             {
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f32_state_merge(&st[nt], &st[tt], C);
-                bnsym_backward_train_f32_state_finish(a, &st[nt]);
-                bnsym_backward_train_f32_channels(a);
+                bnsym_backward_train_f32_state_finish(a, &st[nt], 0, C);
+                bnsym_backward_train_f32_channels(a, 0, a->C);
                 a->use_wide = bnsym_backward_train_f32_needs_wide(a);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
@@ -1312,13 +1358,13 @@ static void bnsym_backward_train_f64_reduction_inputs(const bnsym_backward_train
     }
 }
 
-/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+/* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
-static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx *a)
+static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx *a, int64_t c0, int64_t c1)
 {
     int64_t c;
     BNSYM_SIMD
-    for (c = 0; c < a->C; ++c) {
+    for (c = c0; c < c1; ++c) {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double mean = (double)a->save_mean[c];
         const double invstd = (double)a->save_invstd[c];
@@ -1587,30 +1633,35 @@ static void bnsym_backward_train_f64_state_merge(bnsym_backward_train_f64_state 
     }
 }
 
-/* The reduction results of every channel. */
-static void bnsym_backward_train_f64_state_finish(const bnsym_backward_train_f64_ctx *a, const bnsym_backward_train_f64_state *st)
+/* The reduction results of channels c0 .. c1-1. */
+static void bnsym_backward_train_f64_state_finish(const bnsym_backward_train_f64_ctx *a, const bnsym_backward_train_f64_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
     int64_t c;
-    for (c = 0; c < C; ++c) {
+    for (c = c0; c < c1; ++c) {
         a->red[0 * C + c] = st->sum[0 * C + c];
         a->red[1 * C + c] = st->sum[1 * C + c];
     }
 }
 
-/* Layout ncs, long strips: all units of channel c in a thread's range accumulate into the
+/* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
+ * All units of channel c in a thread's range accumulate into the
  * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end. Writes the range's per-channel summaries into st (zeroed). */
 static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_state *st, bnsym_backward_train_f64_scratch *sc, double *clanes,
-    double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb)
+    double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {
     const int64_t C = a->C, S = a->S, L = BNSYM_LANES;
+    const int64_t c_first = c0, c_last = c0 + nc - 1;
     double *const own = sc->acc;
     int64_t u, c, j;
     (void)cshift;
-    for (j = 0; j < 2 * L * C; ++j)
+    if (u1 <= u0)
+        return;
+    for (j = c_first * 2 * L; j < (c_last + 1) * 2 * L; ++j)
         clanes[j] = 0.0;
     for (u = u0; u < u1; ++u) {
-        const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+        int64_t q, s0;
+        bnsym_ncs_unit(u, c0, nc, C, nsb, sb, &q, &s0);
         const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
         const int64_t nq = len / L, tail = len - nq * L;
         bnsym_backward_train_f64_set_rin(a, sc, L, cu, 1, L);
@@ -1619,7 +1670,7 @@ static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ct
         st->cnt[cu] += (double)len;
     }
     sc->acc = own;
-    for (c = 0; c < C; ++c) {
+    for (c = c_first; c <= c_last; ++c) {
         double *lanes_c = clanes + c * 2 * L;
         if (st->cnt[c] == 0.0)
             continue;
@@ -1688,7 +1739,12 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
- * are merged in thread order. */
+ * are merged in thread order.
+ * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
+ * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
+ * its channels' coefficients, then its element pass, which reads the block again from cache
+ * instead of memory. A channel's sums then do not depend on the thread count. */
 static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -1710,6 +1766,8 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     const size_t wsz = bnsym_backward_train_f64_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
     const int chan_lanes = !grouped && (size_t)C * (2 * BNSYM_LANES + 0) <= BNSYM_CHANNEL_LANES_MAX;
+    const int cmaj = chan_lanes && need_red && need_elem && C >= nt && (C % nt == 0 || C >= 4 * nt)
+        && (double)N * (double)C * (double)S * (double)sizeof(double) > (double)BNSYM_CACHE_BYTES;
     const size_t csz = chan_lanes ? ((size_t)C * (2 * BNSYM_LANES + 0) + 7) / 8 * 8 : 0;
     double *cbuf = NULL;
     double *wbuf = NULL;
@@ -1735,18 +1793,35 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_train_f64_channels(a);
+        bnsym_backward_train_f64_channels(a, 0, a->C);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
         int64_t u;
-        if (need_red) {
+        if (cmaj) {
+            const int64_t per = N * S * (int64_t)sizeof(double);
+            const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
+            const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
+            int64_t c0;
+            for (c0 = ca; c0 < cz; c0 += cb) {
+                const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
+                int64_t n, cc;
+                bnsym_backward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
+                    N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
+                bnsym_backward_train_f64_state_finish(a, &st[tid], c0, c1);
+                bnsym_backward_train_f64_channels(a, c0, c1);
+                for (n = 0; n < N; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_backward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+            }
+        } else if (need_red) {
             int tt;
             if (chan_lanes)
                 bnsym_backward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb);
+                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
             else
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
@@ -1767,11 +1842,11 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
             {
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
-                bnsym_backward_train_f64_state_finish(a, &st[nt]);
-                bnsym_backward_train_f64_channels(a);
+                bnsym_backward_train_f64_state_finish(a, &st[nt], 0, C);
+                bnsym_backward_train_f64_channels(a, 0, a->C);
             }
         }
-        if (need_elem) {
+        if (need_elem && !cmaj) {
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
@@ -1846,7 +1921,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     if (!need_red) {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_train_f64_channels(a);
+        bnsym_backward_train_f64_channels(a, 0, a->C);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {
@@ -1874,8 +1949,8 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
             {
                 for (tt = 0; tt < nthr; ++tt)
                     bnsym_backward_train_f64_state_merge(&st[nt], &st[tt], C);
-                bnsym_backward_train_f64_state_finish(a, &st[nt]);
-                bnsym_backward_train_f64_channels(a);
+                bnsym_backward_train_f64_state_finish(a, &st[nt], 0, C);
+                bnsym_backward_train_f64_channels(a, 0, a->C);
                 if (need_elem)
                     for (r = 0; r < Le; r += C)
                         for (jj = 0; jj < C; ++jj) {

@@ -41,6 +41,12 @@
 #define BNSYM_GROUP_LANES 2048
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
+/* Bytes of input above which a second pass over the whole input would read memory, not cache:
+ * the ncs kernels then work in channel blocks. */
+#define BNSYM_CACHE_BYTES (16 << 20)
+/* Bytes per array of a channel block of the channel-block ncs schedule (both passes of a block
+ * share the cache). */
+#define BNSYM_CHANNEL_BLOCK_BYTES 131072
 /* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
  * proportional to C; a block is summed again from L2 only when it needs recentering). */
 #define BNSYM_ROW_BLOCK 32768
@@ -81,6 +87,17 @@ static void *bnsym_alloc(size_t count, size_t size)
     return malloc((count ? count : 1) * size);
 }
 
+/* Unit u of the long-strip (ncs) schedule over channels c0 .. c0+nc-1 (all: c0 = 0, nc = C),
+ * in address order, units of sb values, nsb per strip: its strip q = n*C + c and the offset
+ * s0 in it. */
+static inline void bnsym_ncs_unit(int64_t u, int64_t c0, int64_t nc, int64_t C, int64_t nsb, int64_t sb,
+    int64_t *q, int64_t *s0)
+{
+    const int64_t k = u / nsb; /* the strip's index among the range's strips */
+    *q = (k / nc) * C + c0 + k % nc;
+    *s0 = (u % nsb) * sb;
+}
+
 /* ======================== bnsym_forward_eval_f32: inference: a per-channel affine map with the running statistics (float) ======================== */
 
 /* Arguments and per-call workspace of bnsym_forward_eval_f32_*. */
@@ -103,13 +120,13 @@ typedef struct {
     int use_wide;  /* run the element pass in double */
 } bnsym_forward_eval_f32_ctx;
 
-/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+/* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
-static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a)
+static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a, int64_t c0, int64_t c1)
 {
     int64_t c;
     BNSYM_SIMD
-    for (c = 0; c < a->C; ++c) {
+    for (c = c0; c < c1; ++c) {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (double)a->running_mean[c];
@@ -231,7 +248,12 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
- * are merged in thread order. */
+ * are merged in thread order.
+ * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
+ * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
+ * its channels' coefficients, then its element pass, which reads the block again from cache
+ * instead of memory. A channel's sums then do not depend on the thread count. */
 static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -249,10 +271,11 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     int64_t c;
     (void)need_red;
     (void)nt;
+    const int cmaj = 0;
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f32_channels(a);
+        bnsym_forward_eval_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
@@ -260,7 +283,7 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
         int64_t u;
-        if (need_elem) {
+        if (need_elem && !cmaj) {
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
@@ -302,7 +325,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     if (!need_red) {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f32_channels(a);
+        bnsym_forward_eval_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
         if (need_elem)
             for (j = 0; j < Le; j += C)
@@ -470,13 +493,13 @@ typedef struct {
     double *coef; /* element-pass coefficients, [3][C] */
 } bnsym_forward_eval_f64_ctx;
 
-/* Per-channel phase (double), channels 0 .. C-1 (vectorized over channels): definitions,
+/* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
-static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a)
+static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a, int64_t c0, int64_t c1)
 {
     int64_t c;
     BNSYM_SIMD
-    for (c = 0; c < a->C; ++c) {
+    for (c = c0; c < c1; ++c) {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (double)a->running_mean[c];
@@ -537,7 +560,12 @@ static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_c
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
- * are merged in thread order. */
+ * are merged in thread order.
+ * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
+ * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
+ * its channels' coefficients, then its element pass, which reads the block again from cache
+ * instead of memory. A channel's sums then do not depend on the thread count. */
 static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -555,17 +583,18 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     int64_t c;
     (void)need_red;
     (void)nt;
+    const int cmaj = 0;
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f64_channels(a);
+        bnsym_forward_eval_f64_channels(a, 0, a->C);
     }
     BNSYM_OMP(omp parallel num_threads(nt))
     {
         const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
         const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
         int64_t u;
-        if (need_elem) {
+        if (need_elem && !cmaj) {
             for (u = u0; u < u1; ++u) {
                 if (grouped) {
                     const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
@@ -607,7 +636,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     if (!need_red) {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f64_channels(a);
+        bnsym_forward_eval_f64_channels(a, 0, a->C);
         if (need_elem)
             for (j = 0; j < Le; j += C)
                 for (c = 0; c < C; ++c) {

@@ -381,6 +381,47 @@ def test_threads_setting_and_results(kernels, make_input, assert_close):
             bnsym.set_num_threads(bad)
 
 
+@pytest.mark.parametrize("dtype,shape", [(F32, (2, 8, 512, 520)), (F64, (3, 4, 512, 350))])
+def test_large_input_channel_blocks(dtype, shape, kernels, make_input, assert_close):
+    """Inputs over the kernels' cache size (16 MiB) run in channel blocks when C >= threads: same
+    results as the reference at every thread count, and (each channel summed by one thread in
+    one order) bitwise the same at 1 and 2 threads. 3 threads with C = 8 or 4 take the other
+    schedule."""
+    assert np.prod(shape) * np.dtype(dtype).itemsize > 16 << 20
+    C = shape[1]
+    x = make_input(shape, dtype, seed=21, loc=3.0, scale=0.5)
+    dy = make_input(shape, dtype, seed=22)
+    w, b, rm, rv = _params(C, dtype, 23)
+    ry, rmean, rvar, rinv = R.forward_train(x, w, b, 1e-5)
+    sm, si = rmean.astype(dtype), rinv.astype(dtype)
+    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
+    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    before = bnsym.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 2, 3):
+            bnsym.set_num_threads(n)
+            rm1, rv1 = rm.copy(), rv.copy()
+            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm1, rv1, True, 0.1, 1e-5)
+            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
+            assert_close(y, ry, dtype, f"output, {n} threads")
+            assert_close(m, rmean, dtype, f"save_mean, {n} threads")
+            assert_close(inv, rinv, dtype, f"save_invstd, {n} threads")
+            m_count = x.size // C
+            assert_close(rm1, 0.9 * rm + 0.1 * rmean, dtype, "running_mean")
+            assert_close(rv1, 0.9 * rv + 0.1 * rvar * m_count / (m_count - 1), dtype, "running_var")
+            for a, e, what in ((gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
+                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
+                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
+                assert_close(a, e, dtype, f"{what}, {n} threads")
+            got[n] = (y, m, inv, gi, gw, gb)
+    finally:
+        bnsym.set_num_threads(before)
+    for a, b1 in zip(got[1], got[2]):
+        assert np.array_equal(a, b1), "1 and 2 threads differ"
+
+
 def test_num_threads_env_default():
     import subprocess
     import sys
