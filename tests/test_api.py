@@ -420,6 +420,15 @@ def test_large_input_channel_blocks(dtype, shape, kernels, make_input, assert_cl
         bnsym.set_num_threads(before)
     for a, b1 in zip(got[1], got[2]):
         assert np.array_equal(a, b1), "1 and 2 threads differ"
+    # a NaN in one channel: the output shows it there only; skip_nonfinite keeps the running
+    # statistics of every channel
+    x[1, 2, 3, 4] = np.nan
+    rm1, rv1 = rm.copy(), rv.copy()
+    with pytest.warns(bnsym.NonFiniteBatchWarning):
+        y = bnsym.batch_norm(x, rm1, rv1, w, b, training=True, skip_nonfinite=True)
+    assert np.isnan(y[:, 2]).all() and np.isfinite(np.delete(y, 2, axis=1)).all()
+    np.testing.assert_array_equal(rm1, rm)
+    np.testing.assert_array_equal(rv1, rv)
 
 
 def test_num_threads_env_default():
