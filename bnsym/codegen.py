@@ -632,9 +632,10 @@ def _stats_helpers() -> dict:
         block_m2=p.doprint(s2 - s1**2 / n),
         # more than half of s2 would cancel: the shift is too far from the mean, recenter
         recenter=p.doprint(sympy.StrictGreaterThan(s1**2, n * s2 / 2)),
-        # sums taken in float are usable: finite, and the squares not in float's tiny range
-        t_ok_sum=p.doprint(sympy.And(is_finite(s), sympy.Or(sympy.Eq(s, 0), sympy.StrictGreaterThan(
-            sympy.Abs(s), n * sympy.Float(2.0**-100))))),
+        # sums taken in float are usable: finite, and not in float's tiny range (a sum of 0 is
+        # not trusted either: its terms may have underflowed, e.g. invstd*dy with a tiny dy)
+        t_ok_sum=p.doprint(sympy.And(is_finite(s), sympy.StrictGreaterThan(
+            sympy.Abs(s), n * sympy.Float(2.0**-100)))),
         t_ok=p.doprint(sympy.And(is_finite(s1), is_finite(s2), sympy.StrictGreaterThan(s2, n * sympy.Float(2.0**-100)))),
     )
 

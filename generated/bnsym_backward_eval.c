@@ -127,10 +127,11 @@ static inline int bnsym_stat_recenter(double s1, double s2, double n)
     return s1*s1 > (1.0/2.0)*n*s2;
 }
 
-/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny). */
+/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny; a zero
+ * sum is summed again in double, as its terms may have underflowed). */
 static inline int bnsym_stat_t_ok_sum(double s, double n)
 {
-    return (isfinite(s)) && ((s == 0) || (fabs(s) > 7.8886090522101181e-31*n));
+    return (isfinite(s)) && (fabs(s) > 7.8886090522101181e-31*n);
 }
 
 static inline int bnsym_stat_t_ok(double s1, double s2, double n)
@@ -760,6 +761,22 @@ static void bnsym_backward_eval_f32_ncs_range(const bnsym_backward_eval_f32_ctx 
         if (st->cnt[c] == 0.0)
             continue;
         bnsym_backward_eval_f32_fold(lanes_c, sc->bacc, L, 1, L);
+        if (0 || !bnsym_stat_t_ok_sum(sc->bacc[0], st->cnt[c]) || !bnsym_stat_t_ok_sum(sc->bacc[1], st->cnt[c])) {
+            /* sum the channel's units again in double: a float sum is not usable */
+            bnsym_backward_eval_f32_set_rin(a, sc, L, c, 1, L);
+            for (j = 0; j < 2 * L; ++j)
+                lanes_c[j] = 0.0;
+            sc->acc = lanes_c;
+            for (u = u0; u < u1; ++u) {
+                int64_t q, s0;
+                bnsym_ncs_unit(u, c0, nc, C, nsb, sb, &q, &s0);
+                const int64_t len = (S - s0 < sb) ? S - s0 : sb;
+                if (q % C == c)
+                    bnsym_backward_eval_f32_pass(a, sc, q * S + s0, len / L, L, L, len - (len / L) * L);
+            }
+            sc->acc = own;
+            bnsym_backward_eval_f32_fold(lanes_c, sc->bacc, L, 1, L);
+        }
         st->sum[0 * C + c] = sc->bacc[0];
         st->sum[1 * C + c] = sc->bacc[1];
     }

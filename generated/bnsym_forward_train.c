@@ -127,10 +127,11 @@ static inline int bnsym_stat_recenter(double s1, double s2, double n)
     return s1*s1 > (1.0/2.0)*n*s2;
 }
 
-/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny). */
+/* Sums of a block taken in the array type are usable (finite, squares / sum not tiny; a zero
+ * sum is summed again in double, as its terms may have underflowed). */
 static inline int bnsym_stat_t_ok_sum(double s, double n)
 {
-    return (isfinite(s)) && ((s == 0) || (fabs(s) > 7.8886090522101181e-31*n));
+    return (isfinite(s)) && (fabs(s) > 7.8886090522101181e-31*n);
 }
 
 static inline int bnsym_stat_t_ok(double s1, double s2, double n)
