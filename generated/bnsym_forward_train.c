@@ -42,8 +42,11 @@
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
 /* Bytes of input above which a second pass over the whole input would read memory, not cache:
- * the ncs kernels then work in channel blocks. */
+ * the ncs kernels then work in channel blocks (about half the last-level cache; set it with
+ * -DBNSYM_CACHE_BYTES=... for another machine). */
+#ifndef BNSYM_CACHE_BYTES
 #define BNSYM_CACHE_BYTES (16 << 20)
+#endif
 /* Bytes per array of a channel block of the channel-block ncs schedule (both passes of a block
  * share the cache). */
 #define BNSYM_CHANNEL_BLOCK_BYTES 131072

@@ -4,9 +4,12 @@ Two programs are built from ``generated/*.c``: the codegen's own test program
 (``tests/c/test_kernels.c``) and the edge-case driver ``tests/sanitize_edges.c`` (m = 2, C = 1,
 odd sizes, wide rows, every optional pointer NULL, outputs aliasing inputs, skip_nonfinite,
 1-4 threads, both dtypes and layouts, results checked against a double reference), each in
-two configurations of the kernels: ``-O1`` without OpenMP, and the production flags ``-O3
--march=native -fopenmp`` (vector code paths and threads); the test programs are built at -O1. ``-fno-sanitize-recover=all`` turns any UB report
-into an abort; LeakSanitizer is on. A run passes when it exits 0 and prints no sanitizer report.
+three configurations of the kernels: ``-O1`` without OpenMP; the production flags ``-O3
+-march=native -fopenmp`` (vector code paths and threads); and ``-O3 -fopenmp
+-DBNSYM_CACHE_BYTES=0``, which sends every contiguous input through the channel-block schedule
+that normally only inputs over 16 MiB take. The test programs are built at -O1.
+``-fno-sanitize-recover=all`` turns any UB report into an abort; LeakSanitizer is on. A run
+passes when it exits 0 and prints no sanitizer report.
 
 First, two deliberately broken programs check that the toolchain really reports a heap
 overflow and a signed overflow (so a silent toolchain cannot make these tests pass).
@@ -32,6 +35,9 @@ CONFIGS = {
     "O1": ["-O1"],
     "O3-native-openmp": ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
                          "-fopenmp"],
+    # every contiguous input takes the channel-block schedule (normally only those over 16 MiB)
+    "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+                                 "-DBNSYM_CACHE_BYTES=0"],
 }
 PROGRAMS = {
     "test_kernels": ROOT / "tests" / "c" / "test_kernels.c",
