@@ -780,7 +780,9 @@ static void bnsym_backward_train_f32_state_finish(const bnsym_backward_train_f32
 
 /* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
  * All units of channel c in a thread's range accumulate into the
- * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end. Writes the range's per-channel summaries into st (zeroed). */
+ * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end; a channel whose float sums are not usable (out of range, or
+ * zero: their terms may have underflowed) is summed again in double. Writes the
+ * range's per-channel summaries into st (zeroed). */
 static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_state *st, bnsym_backward_train_f32_scratch *sc, double *clanes,
     double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {
@@ -1690,7 +1692,8 @@ static void bnsym_backward_train_f64_state_finish(const bnsym_backward_train_f64
 
 /* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
  * All units of channel c in a thread's range accumulate into the
- * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end. Writes the range's per-channel summaries into st (zeroed). */
+ * channel's own BNSYM_LANES double lanes (clanes[c][k][j]); the lanes are folded once at the end. Writes the
+ * range's per-channel summaries into st (zeroed). */
 static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_state *st, bnsym_backward_train_f64_scratch *sc, double *clanes,
     double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {

@@ -805,7 +805,9 @@ static void bnsym_forward_train_f32_state_finish(const bnsym_forward_train_f32_c
  * channel's own BNSYM_LANES double lanes (clanes[c][k][j]), as deviations from one shift per
  * channel (the mean of its first unit in the range); the lanes are folded once at the end,
  * and a channel whose shift turned out too far from its mean is summed again with a better
- * shift. Writes the range's per-channel summaries into st (zeroed). */
+ * shift; a channel whose float sums are not usable (out of range, or
+ * zero: their terms may have underflowed) is summed again in double. Writes the
+ * range's per-channel summaries into st (zeroed). */
 static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_state *st, bnsym_forward_train_f32_scratch *sc, double *clanes,
     double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {
@@ -1792,7 +1794,8 @@ static void bnsym_forward_train_f64_state_finish(const bnsym_forward_train_f64_c
  * channel's own BNSYM_LANES double lanes (clanes[c][k][j]), as deviations from one shift per
  * channel (the mean of its first unit in the range); the lanes are folded once at the end,
  * and a channel whose shift turned out too far from its mean is summed again with a better
- * shift. Writes the range's per-channel summaries into st (zeroed). */
+ * shift. Writes the
+ * range's per-channel summaries into st (zeroed). */
 static void bnsym_forward_train_f64_ncs_range(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_state *st, bnsym_forward_train_f64_scratch *sc, double *clanes,
     double *cshift, int64_t u0, int64_t u1, int64_t nsb, int64_t sb, int64_t c0, int64_t nc)
 {
