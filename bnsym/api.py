@@ -122,8 +122,8 @@ def get_num_threads() -> int:
 
 # --------------------------------------------------------------------------- kernels
 
-_K = None  # {(dtype, layout): (forward_train, forward_eval, backward_train, backward_eval, ctype)}
-_fb = None  # ffi.from_buffer
+_K = None  # {(dtype, layout): (forward_train, forward_eval, backward_train, backward_eval)}
+_fb = None  # ffi.from_buffer: arrays are passed untyped (the compiled module declares void *)
 _NULL = None
 _PERMS: dict[int, tuple] = {}
 
@@ -148,12 +148,12 @@ def _init():
         _init_error = exc
         raise
     table = {}
-    for dt, sfx, ctype in ((_F32, "f32", "float[]"), (_F64, "f64", "double[]")):
+    for dt, sfx in ((_F32, "f32"), (_F64, "f64")):
         for layout in ("ncs", "nsc"):
             table[dt, layout] = tuple(
                 getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
                 for k in ("forward_train", "forward_eval", "backward_train", "backward_eval")
-            ) + (ctype,)
+            )
     _fb, _NULL = ffi.from_buffer, ffi.NULL
     _K = table
     return table
@@ -230,23 +230,34 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         training = _checks.flag(training, "training")
     if skip_nonfinite is not False and skip_nonfinite is not True:
         skip_nonfinite = _checks.flag(skip_nonfinite, "skip_nonfinite")
+    # ``own``: every array checked so far owns its memory (two different such arrays never
+    # overlap, which decides the overlap checks below without comparing pointers)
     w, b, rm, rv = weight, bias, running_mean, running_var
-    if w is not None and not (type(w) is _ndarray and w.dtype is dt and w.shape == cs
-                              and w.flags.c_contiguous):
-        w = _checks.channel_array(w, "weight", dt, C)
-    if b is not None and not (type(b) is _ndarray and b.dtype is dt and b.shape == cs
-                              and b.flags.c_contiguous):
-        b = _checks.channel_array(b, "bias", dt, C)
+    own = True
+    if w is not None:
+        if type(w) is _ndarray and w.dtype is dt and w.shape == cs and (f := w.flags).c_contiguous:
+            own = f.owndata
+        else:
+            w = _checks.channel_array(w, "weight", dt, C)
+            own = w.flags.owndata
+    if b is not None:
+        if type(b) is _ndarray and b.dtype is dt and b.shape == cs and (f := b.flags).c_contiguous:
+            own = own and f.owndata
+        else:
+            b = _checks.channel_array(b, "bias", dt, C)
+            own = own and b.flags.owndata
     if rm is not None:
-        f = rm.flags if type(rm) is _ndarray else None
-        if not (f is not None and rm.dtype is dt and rm.shape == cs and f.c_contiguous
-                and (f.writeable or not training)):
+        if not (type(rm) is _ndarray and rm.dtype is dt and rm.shape == cs
+                and (f := rm.flags).c_contiguous and (f.writeable or not training)):
             rm = _checks.channel_array(rm, "running_mean", dt, C, inplace=training)
+            f = rm.flags
+        own = own and f.owndata
     if rv is not None:
-        f = rv.flags if type(rv) is _ndarray else None
-        if not (f is not None and rv.dtype is dt and rv.shape == cs and f.c_contiguous
-                and (f.writeable or not training)):
+        if not (type(rv) is _ndarray and rv.dtype is dt and rv.shape == cs
+                and (f := rv.flags).c_contiguous and (f.writeable or not training)):
             rv = _checks.channel_array(rv, "running_var", dt, C, inplace=training)
+            f = rv.flags
+        own = own and f.owndata
     if type(eps) is not float or not (0.0 < eps < _INF):
         eps = _checks.eps(eps)
     if type(momentum) is not float or not (0.0 <= momentum <= 1.0):
@@ -266,11 +277,13 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             "running_mean and running_var must be given in evaluation mode (training=False)"
         )
     x0 = x
-    if x.flags.c_contiguous:
+    if (f := x.flags).c_contiguous:
         perm = None
         layout = "ncs"
+        own = own and f.owndata
     else:
         x, layout, perm = _layout(x)
+        own = False  # decided by the pointer checks
     if out is not None:
         if not (type(out) is _ndarray and out.dtype is dt and out.shape == shape
                 and out.flags.writeable and perm is None and out.flags.c_contiguous):
@@ -289,53 +302,63 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
 
     # ---- pointers (everything below is valid: from_buffer cannot fail) ----
     kern = (_K or _init())[dt, layout]
-    fb, NULL, ct = _fb, _NULL, kern[4]
+    fb, NULL = _fb, _NULL
     xk = x if perm is None else x.transpose(perm)  # the C-contiguous view the kernel reads
-    px = fb(ct, xk)
-    pw = NULL if w is None else fb(ct, w)
-    pb = NULL if b is None else fb(ct, b)
-    prm = NULL if rm is None else fb(ct, rm)
-    prv = NULL if rv is None else fb(ct, rv)
+    px = fb(xk)
+    pw = NULL if w is None else fb(w)
+    pb = NULL if b is None else fb(b)
+    prm = NULL if rm is None else fb(rm)
+    prv = NULL if rv is None else fb(rv)
     if out is None:
         yk = np.empty(xk.shape, dt)
         out = yk if perm is None else yk.transpose(_inv_perm(len(shape)))
-        py = fb(ct, yk)
+        py = fb(yk)
+        own_out = True
     else:
-        py = fb(ct, out if perm is None else out.transpose(perm))
+        py = fb(out if perm is None else out.transpose(perm))
         if x is not x0:  # the kernel reads a copy: check out against the caller's array too
             _checks.no_overlap([("out", out)], [("input", x0)])
-        if not _distinct_allocations(out, x, w, b, rm, rv):
+        # out may be exactly the input (in place)
+        own_out = (own and out.flags.owndata and out is not w and out is not b and out is not rm
+                   and out is not rv)
+        if not own_out:
             _overlap("out", py, (("input", px), ("weight", pw), ("bias", pb),
                                  ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
     N = shape[0]
     if training:
-        # running statistics are written in place: they must not overlap any other operand
-        # (two distinct allocations never overlap: decided without comparing pointers)
-        stats_ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
-                     ("running_mean", prm), ("running_var", prv))
-        for name, arr, ptr in (("running_mean", rm, prm), ("running_var", rv, prv)):
-            if arr is not None and not (arr.flags.owndata and all(
-                    arr is not o for o in (x, out, w, b, rm if arr is rv else rv))):
-                _overlap(name, ptr, stats_ops, NULL)
+        if rm is not None or rv is not None:
+            # running statistics are written in place: they must not overlap any other operand
+            # (two distinct arrays that both own their memory never overlap: decided without
+            # comparing pointers)
+            if not (own and rm is not rv and (rm is None or (rm is not x and rm is not w
+                                                              and rm is not b))
+                    and (rv is None or (rv is not x and rv is not w and rv is not b))
+                    and own_out):
+                ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
+                       ("running_mean", prm), ("running_var", prv))
+                if x is not x0:
+                    _checks.no_overlap([("running_mean", rm), ("running_var", rv)],
+                                       [("input", x0)])
+                if rm is not None:
+                    _overlap("running_mean", prm, ops, NULL)
+                if rv is not None:
+                    _overlap("running_var", prv, ops, NULL)
         if want_save:
             user_sm, user_si = save_mean is not None, save_invstd is not None
             if save_mean is None:
                 save_mean = np.empty(C, dt)
-                psm = fb(ct, save_mean)
-            else:
-                psm = fb(ct, save_mean)
+            psm = fb(save_mean)
             if save_invstd is None:
                 save_invstd = np.empty(C, dt)
-                psi = fb(ct, save_invstd)
-            else:
-                psi = fb(ct, save_invstd)
-            ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
-                   ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
-                   ("save_invstd", psi))
-            if user_sm:
-                _overlap("save_mean", psm, ops, NULL)
-            if user_si:
-                _overlap("save_invstd", psi, ops, NULL)
+            psi = fb(save_invstd)
+            if user_sm or user_si:
+                ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
+                       ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
+                       ("save_invstd", psi))
+                if user_sm:
+                    _overlap("save_mean", psm, ops, NULL)
+                if user_si:
+                    _overlap("save_invstd", psi, ops, NULL)
         else:
             psm = psi = NULL
         rc = kern[0](N, C, S, px, py, pw, pb, prm, prv, psm, psi, eps, momentum,
@@ -354,20 +377,6 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         raise RuntimeError(f"bnsym: forward_eval failed (code {rc})")
     e = _EMPTY[dt]
     return out, e, e, False
-
-
-def _distinct_allocations(out, x, w, b, rm, rv) -> bool:
-    """True when ``out`` owns its memory and so does every other operand, ``out`` being either
-    exactly ``x`` (in place) or a different array: then nothing can overlap (the common case,
-    decided without building pointers)."""
-    if not out.flags.owndata:
-        return False
-    if x is not out and not x.flags.owndata:
-        return False
-    for a in (w, b, rm, rv):
-        if a is not None and (a is out or not a.flags.owndata):
-            return False
-    return True
 
 
 def _overlap(wname, w, operands, NULL, alias=None):
@@ -592,44 +601,44 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
 
     K = _K or _init()
     kern = K[dt, layout]
-    fb, NULL, ct = _fb, _NULL, kern[4]
+    fb, NULL = _fb, _NULL
     if layout == "nsc":
-        px = fb(ct, x.transpose(perm))
-        pdy = fb(ct, dy.transpose(perm))
+        px = fb(x.transpose(perm))
+        pdy = fb(dy.transpose(perm))
         if m0:
             if gi is None:
                 gi = np.empty_like(x)
-            pgi = fb(ct, gi.transpose(perm))
+            pgi = fb(gi.transpose(perm))
         else:
             pgi = NULL
     else:
-        px = fb(ct, x)
-        pdy = fb(ct, dy)
+        px = fb(x)
+        pdy = fb(dy)
         if m0:
             if gi is None:
                 gi = np.empty(shape, dt)
-            pgi = fb(ct, gi)
+            pgi = fb(gi)
         else:
             pgi = NULL
     if m1:
         if gw is None:
             gw = np.empty(C, dt)
-        pgw = fb(ct, gw)
+        pgw = fb(gw)
     else:
         pgw = NULL
     if m2:
         if gb is None:
             gb = np.empty(C, dt)
-        pgb = fb(ct, gb)
+        pgb = fb(gb)
     else:
         pgb = NULL
-    pw = NULL if w is None else fb(ct, w)
+    pw = NULL if w is None else fb(w)
     N = shape[0]
     S = x.size // (N * C)
     if training:
-        rc = kern[2](N, C, S, pdy, px, pw, fb(ct, sa), fb(ct, sb), pgi, pgw, pgb, _num_threads)
+        rc = kern[2](N, C, S, pdy, px, pw, fb(sa), fb(sb), pgi, pgw, pgb, _num_threads)
     else:
-        rc = kern[3](N, C, S, pdy, px, pw, fb(ct, sa), fb(ct, sb), pgi, pgw, pgb, eps,
+        rc = kern[3](N, C, S, pdy, px, pw, fb(sa), fb(sb), pgi, pgw, pgb, eps,
                      _num_threads)
     if rc:
         if rc < 0:

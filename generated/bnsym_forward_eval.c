@@ -22,6 +22,14 @@
 #define BNSYM_TID() 0
 #define BNSYM_NTHR() 1
 #endif
+/* A barrier of the team of nthr threads running a kernel's parallel part (none for one thread,
+ * which runs the part without a team; a caller's own OpenMP team is never synchronized). */
+#define BNSYM_BARRIER(nthr) \
+    do { \
+        if ((nthr) > 1) { \
+            BNSYM_OMP(omp barrier) \
+        } \
+    } while (0)
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_OMP(omp simd)
 /* A cache-line prefetch hint (no effect on results). */
@@ -257,6 +265,40 @@ static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_c
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
+/* What a thread of bnsym_forward_eval_f32_run_ncs needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_eval_f32_ctx *a;
+    int64_t units, ng, Cg, RBn, nsb, sb;
+    int grouped, need_red, need_elem, cmaj, nt;
+} bnsym_forward_eval_f32_ncs_job;
+
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
+ * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job *p, int tid, int nthr)
+{
+    bnsym_forward_eval_f32_ctx *a = p->a;
+    const int64_t N = a->N, C = a->C, S = a->S;
+    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+    int64_t u;
+    if (need_elem && !cmaj) {
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                int64_t n, cc;
+                for (n = n0; n < n1; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+            }
+        }
+    }
+}
+
 static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -272,6 +314,7 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
+    bnsym_forward_eval_f32_ncs_job job;
     (void)need_red;
     (void)nt;
     const int cmaj = 0;
@@ -281,26 +324,23 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
         bnsym_forward_eval_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
-        int64_t u;
-        if (need_elem && !cmaj) {
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                    int64_t n, cc;
-                    for (n = n0; n < n1; ++n)
-                        for (cc = c0; cc < c1; ++cc)
-                            bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
-                }
-            }
-        }
+    job.a = a;
+    job.units = units;
+    job.ng = ng;
+    job.Cg = Cg;
+    job.RBn = RBn;
+    job.nsb = nsb;
+    job.sb = sb;
+    job.grouped = grouped;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.cmaj = cmaj;
+    job.nt = nt;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_eval_f32_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_eval_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     return 0;
 }
@@ -309,6 +349,25 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
  * contiguous row ranges. The reduction sees Ur rows side by side as L = C*Ur lanes (a multiple
  * of BNSYM_LANES), in blocks of rows reduced from cache and merged per channel; thread partials
  * are merged in thread order. The element pass uses Le rows side by side. */
+/* What a thread of bnsym_forward_eval_f32_run_rows needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_eval_f32_ctx *a;
+    float *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
+    int64_t R, Le;
+    int need_red, need_elem, nt;
+} bnsym_forward_eval_f32_rows_job;
+
+/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
+ * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_eval_f32_rows_part(const bnsym_forward_eval_f32_rows_job *p, int tid, int nthr)
+{
+    bnsym_forward_eval_f32_ctx *a = p->a;
+    const int64_t C = a->C, R = p->R, Le = p->Le;
+    const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
+    if (p->need_elem)
+        bnsym_forward_eval_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+}
+
 static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt)
 {
     const int64_t C = a->C, R = a->N * a->S;
@@ -317,6 +376,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     const int need_red = 0;
     const int need_elem = 1;
     float *lanes = NULL;
+    bnsym_forward_eval_f32_rows_job job;
     int64_t c, j;
     (void)nt;
     if (need_elem) {
@@ -338,12 +398,18 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                 }
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
-        if (need_elem)
-            bnsym_forward_eval_f32_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
+    job.a = a;
+    job.lanes = lanes;
+    job.R = R;
+    job.Le = Le;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.nt = nt;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_eval_f32_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_eval_f32_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(lanes);
     return 0;
@@ -569,6 +635,40 @@ static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_c
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
+/* What a thread of bnsym_forward_eval_f64_run_ncs needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_eval_f64_ctx *a;
+    int64_t units, ng, Cg, RBn, nsb, sb;
+    int grouped, need_red, need_elem, cmaj, nt;
+} bnsym_forward_eval_f64_ncs_job;
+
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
+ * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_eval_f64_ncs_part(const bnsym_forward_eval_f64_ncs_job *p, int tid, int nthr)
+{
+    bnsym_forward_eval_f64_ctx *a = p->a;
+    const int64_t N = a->N, C = a->C, S = a->S;
+    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+    int64_t u;
+    if (need_elem && !cmaj) {
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                int64_t n, cc;
+                for (n = n0; n < n1; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+            }
+        }
+    }
+}
+
 static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -584,6 +684,7 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     const int need_red = 0;
     const int need_elem = 1;
     int64_t c;
+    bnsym_forward_eval_f64_ncs_job job;
     (void)need_red;
     (void)nt;
     const int cmaj = 0;
@@ -592,26 +693,23 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
             a->red[c] = 0.0;
         bnsym_forward_eval_f64_channels(a, 0, a->C);
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
-        int64_t u;
-        if (need_elem && !cmaj) {
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                    int64_t n, cc;
-                    for (n = n0; n < n1; ++n)
-                        for (cc = c0; cc < c1; ++cc)
-                            bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
-                }
-            }
-        }
+    job.a = a;
+    job.units = units;
+    job.ng = ng;
+    job.Cg = Cg;
+    job.RBn = RBn;
+    job.nsb = nsb;
+    job.sb = sb;
+    job.grouped = grouped;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.cmaj = cmaj;
+    job.nt = nt;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_eval_f64_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_eval_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     return 0;
 }
@@ -620,6 +718,25 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
  * contiguous row ranges. The reduction sees Ur rows side by side as L = C*Ur lanes (a multiple
  * of BNSYM_LANES), in blocks of rows reduced from cache and merged per channel; thread partials
  * are merged in thread order. The element pass uses Le rows side by side. */
+/* What a thread of bnsym_forward_eval_f64_run_rows needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_eval_f64_ctx *a;
+    double *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
+    int64_t R, Le;
+    int need_red, need_elem, nt;
+} bnsym_forward_eval_f64_rows_job;
+
+/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
+ * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_eval_f64_rows_part(const bnsym_forward_eval_f64_rows_job *p, int tid, int nthr)
+{
+    bnsym_forward_eval_f64_ctx *a = p->a;
+    const int64_t C = a->C, R = p->R, Le = p->Le;
+    const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
+    if (p->need_elem)
+        bnsym_forward_eval_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+}
+
 static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt)
 {
     const int64_t C = a->C, R = a->N * a->S;
@@ -628,6 +745,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     const int need_red = 0;
     const int need_elem = 1;
     double *lanes = NULL;
+    bnsym_forward_eval_f64_rows_job job;
     int64_t c, j;
     (void)nt;
     if (need_elem) {
@@ -648,12 +766,18 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                 }
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
-        if (need_elem)
-            bnsym_forward_eval_f64_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
+    job.a = a;
+    job.lanes = lanes;
+    job.R = R;
+    job.Le = Le;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.nt = nt;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_eval_f64_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_eval_f64_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(lanes);
     return 0;

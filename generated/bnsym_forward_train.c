@@ -22,6 +22,14 @@
 #define BNSYM_TID() 0
 #define BNSYM_NTHR() 1
 #endif
+/* A barrier of the team of nthr threads running a kernel's parallel part (none for one thread,
+ * which runs the part without a team; a caller's own OpenMP team is never synchronized). */
+#define BNSYM_BARRIER(nthr) \
+    do { \
+        if ((nthr) > 1) { \
+            BNSYM_OMP(omp barrier) \
+        } \
+    } while (0)
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_OMP(omp simd)
 /* A cache-line prefetch hint (no effect on results). */
@@ -969,6 +977,97 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
+/* What a thread of bnsym_forward_train_f32_run_ncs needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_train_f32_ctx *a;
+    int64_t units, ng, Cg, RBn, nsb, sb;
+    int grouped, need_red, need_elem, cmaj, nt;
+    int chan_lanes;
+    int64_t L;
+    size_t csz;
+    double *cbuf;           /* [nt][csz] per-thread channel lanes and shifts */
+    bnsym_forward_train_f32_state *st;   /* [nt + 1] per-thread partials, then their merge */
+    bnsym_forward_train_f32_scratch *sc; /* [nt + 1] */
+} bnsym_forward_train_f32_ncs_job;
+
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
+ * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_train_f32_ncs_part(const bnsym_forward_train_f32_ncs_job *p, int tid, int nthr)
+{
+    bnsym_forward_train_f32_ctx *a = p->a;
+    const int64_t N = a->N, C = a->C, S = a->S;
+    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int need_red = p->need_red, chan_lanes = p->chan_lanes;
+    const int64_t L = p->L;
+    const size_t csz = p->csz;
+    double *cbuf = p->cbuf;
+    bnsym_forward_train_f32_state *st = p->st;
+    bnsym_forward_train_f32_scratch *sc = p->sc;
+    const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+    int64_t u;
+    if (cmaj) {
+        const int64_t per = N * S * (int64_t)sizeof(float);
+        const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
+        const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
+        int64_t c0;
+        for (c0 = ca; c0 < cz; c0 += cb) {
+            const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
+            int64_t n, cc;
+            bnsym_forward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
+                N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
+            bnsym_forward_train_f32_state_finish(a, &st[tid], c0, c1);
+            bnsym_forward_train_f32_channels(a, c0, c1);
+            for (n = 0; n < N; ++n)
+                for (cc = c0; cc < c1; ++cc)
+                    bnsym_forward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+        }
+    } else if (need_red) {
+        int tt;
+        if (chan_lanes)
+            bnsym_forward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
+        else
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
+                bnsym_forward_train_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
+                    LC * S, LC, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                bnsym_forward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
+            }
+        }
+        BNSYM_BARRIER(nthr);
+        if (tid == 0) {
+            for (tt = 0; tt < nthr; ++tt)
+                bnsym_forward_train_f32_state_merge(&st[p->nt], &st[tt], C);
+            bnsym_forward_train_f32_state_finish(a, &st[p->nt], 0, C);
+            bnsym_forward_train_f32_channels(a, 0, a->C);
+            a->use_wide = bnsym_forward_train_f32_needs_wide(a);
+        }
+        BNSYM_BARRIER(nthr);
+    }
+    if (need_elem && !cmaj) {
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                int64_t n, cc;
+                for (n = n0; n < n1; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_forward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+            }
+        }
+    }
+}
+
 static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -984,6 +1083,7 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     const int need_red = 1;
     const int need_elem = 1;
     int64_t c;
+    bnsym_forward_train_f32_ncs_job job;
     (void)need_red;
     (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
@@ -1019,71 +1119,29 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
         bnsym_forward_train_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_forward_train_f32_needs_wide(a);
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
-        int64_t u;
-        if (cmaj) {
-            const int64_t per = N * S * (int64_t)sizeof(float);
-            const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
-            const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
-            int64_t c0;
-            for (c0 = ca; c0 < cz; c0 += cb) {
-                const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
-                int64_t n, cc;
-                bnsym_forward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
-                    N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
-                bnsym_forward_train_f32_state_finish(a, &st[tid], c0, c1);
-                bnsym_forward_train_f32_channels(a, c0, c1);
-                for (n = 0; n < N; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_forward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
-            }
-        } else if (need_red) {
-            int tt;
-            if (chan_lanes)
-                bnsym_forward_train_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
-            else
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                    bnsym_forward_train_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
-                        LC * S, LC, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                    bnsym_forward_train_f32_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
-                }
-            }
-            BNSYM_OMP(omp barrier)
-            BNSYM_OMP(omp single)
-            {
-                for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
-                bnsym_forward_train_f32_state_finish(a, &st[nt], 0, C);
-                bnsym_forward_train_f32_channels(a, 0, a->C);
-                a->use_wide = bnsym_forward_train_f32_needs_wide(a);
-            }
-        }
-        if (need_elem && !cmaj) {
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                    int64_t n, cc;
-                    for (n = n0; n < n1; ++n)
-                        for (cc = c0; cc < c1; ++cc)
-                            bnsym_forward_train_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    bnsym_forward_train_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
-                }
-            }
-        }
+    job.a = a;
+    job.units = units;
+    job.ng = ng;
+    job.Cg = Cg;
+    job.RBn = RBn;
+    job.nsb = nsb;
+    job.sb = sb;
+    job.grouped = grouped;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.cmaj = cmaj;
+    job.nt = nt;
+    job.chan_lanes = chan_lanes;
+    job.L = L;
+    job.csz = csz;
+    job.cbuf = cbuf;
+    job.st = st;
+    job.sc = sc;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_train_f32_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_train_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(wbuf);
     free(st);
@@ -1096,6 +1154,55 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
  * contiguous row ranges. The reduction sees Ur rows side by side as L = C*Ur lanes (a multiple
  * of BNSYM_LANES), in blocks of rows reduced from cache and merged per channel; thread partials
  * are merged in thread order. The element pass uses Le rows side by side. */
+/* What a thread of bnsym_forward_train_f32_run_rows needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_train_f32_ctx *a;
+    float *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
+    int64_t R, Le;
+    int need_red, need_elem, nt;
+    int64_t L, RB;
+    bnsym_forward_train_f32_state *st;   /* [nt + 1] per-thread partials, then their merge */
+    bnsym_forward_train_f32_scratch *sc; /* [nt + 1] */
+} bnsym_forward_train_f32_rows_job;
+
+/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
+ * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_train_f32_rows_part(const bnsym_forward_train_f32_rows_job *p, int tid, int nthr)
+{
+    bnsym_forward_train_f32_ctx *a = p->a;
+    const int64_t C = a->C, R = p->R, Le = p->Le;
+    const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
+    if (p->need_red) {
+        bnsym_forward_train_f32_state *st = p->st;
+        bnsym_forward_train_f32_scratch *sc = p->sc;
+        const int64_t L = p->L, RB = p->RB;
+        int64_t r, jj;
+        int tt;
+        for (r = r0; r < r1; r += RB) {
+            const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
+            bnsym_forward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
+        }
+        BNSYM_BARRIER(nthr);
+        if (tid == 0) {
+            for (tt = 0; tt < nthr; ++tt)
+                bnsym_forward_train_f32_state_merge(&st[p->nt], &st[tt], C);
+            bnsym_forward_train_f32_state_finish(a, &st[p->nt], 0, C);
+            bnsym_forward_train_f32_channels(a, 0, a->C);
+            a->use_wide = bnsym_forward_train_f32_needs_wide(a);
+            if (p->need_elem)
+                for (r = 0; r < Le; r += C)
+                    for (jj = 0; jj < C; ++jj) {
+                        p->lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
+                        p->lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
+                        p->lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
+                    }
+        }
+        BNSYM_BARRIER(nthr);
+    }
+    if (p->need_elem)
+        bnsym_forward_train_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+}
+
 static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int nt)
 {
     const int64_t C = a->C, R = a->N * a->S;
@@ -1104,6 +1211,7 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     const int need_red = 1;
     const int need_elem = 1;
     float *lanes = NULL;
+    bnsym_forward_train_f32_rows_job job;
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
@@ -1153,36 +1261,22 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                 }
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
-        if (need_red) {
-            int64_t r, jj;
-            int tt;
-            for (r = r0; r < r1; r += RB) {
-                const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_forward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
-            }
-            BNSYM_OMP(omp barrier)
-            BNSYM_OMP(omp single)
-            {
-                for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f32_state_merge(&st[nt], &st[tt], C);
-                bnsym_forward_train_f32_state_finish(a, &st[nt], 0, C);
-                bnsym_forward_train_f32_channels(a, 0, a->C);
-                a->use_wide = bnsym_forward_train_f32_needs_wide(a);
-                if (need_elem)
-                    for (r = 0; r < Le; r += C)
-                        for (jj = 0; jj < C; ++jj) {
-                            lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
-                            lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
-                            lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
-                        }
-            }
-        }
-        if (need_elem)
-            bnsym_forward_train_f32_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
+    job.a = a;
+    job.lanes = lanes;
+    job.R = R;
+    job.Le = Le;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.nt = nt;
+    job.L = L;
+    job.RB = RB;
+    job.st = st;
+    job.sc = sc;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_train_f32_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_train_f32_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(wbuf);
     free(st);
@@ -1914,6 +2008,96 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
+/* What a thread of bnsym_forward_train_f64_run_ncs needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_train_f64_ctx *a;
+    int64_t units, ng, Cg, RBn, nsb, sb;
+    int grouped, need_red, need_elem, cmaj, nt;
+    int chan_lanes;
+    int64_t L;
+    size_t csz;
+    double *cbuf;           /* [nt][csz] per-thread channel lanes and shifts */
+    bnsym_forward_train_f64_state *st;   /* [nt + 1] per-thread partials, then their merge */
+    bnsym_forward_train_f64_scratch *sc; /* [nt + 1] */
+} bnsym_forward_train_f64_ncs_job;
+
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
+ * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_train_f64_ncs_part(const bnsym_forward_train_f64_ncs_job *p, int tid, int nthr)
+{
+    bnsym_forward_train_f64_ctx *a = p->a;
+    const int64_t N = a->N, C = a->C, S = a->S;
+    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int need_red = p->need_red, chan_lanes = p->chan_lanes;
+    const int64_t L = p->L;
+    const size_t csz = p->csz;
+    double *cbuf = p->cbuf;
+    bnsym_forward_train_f64_state *st = p->st;
+    bnsym_forward_train_f64_scratch *sc = p->sc;
+    const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+    int64_t u;
+    if (cmaj) {
+        const int64_t per = N * S * (int64_t)sizeof(double);
+        const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
+        const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
+        int64_t c0;
+        for (c0 = ca; c0 < cz; c0 += cb) {
+            const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
+            int64_t n, cc;
+            bnsym_forward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
+                N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
+            bnsym_forward_train_f64_state_finish(a, &st[tid], c0, c1);
+            bnsym_forward_train_f64_channels(a, c0, c1);
+            for (n = 0; n < N; ++n)
+                for (cc = c0; cc < c1; ++cc)
+                    bnsym_forward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+        }
+    } else if (need_red) {
+        int tt;
+        if (chan_lanes)
+            bnsym_forward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
+                cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
+        else
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
+                bnsym_forward_train_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
+                    LC * S, LC, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
+                bnsym_forward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
+            }
+        }
+        BNSYM_BARRIER(nthr);
+        if (tid == 0) {
+            for (tt = 0; tt < nthr; ++tt)
+                bnsym_forward_train_f64_state_merge(&st[p->nt], &st[tt], C);
+            bnsym_forward_train_f64_state_finish(a, &st[p->nt], 0, C);
+            bnsym_forward_train_f64_channels(a, 0, a->C);
+        }
+        BNSYM_BARRIER(nthr);
+    }
+    if (need_elem && !cmaj) {
+        for (u = u0; u < u1; ++u) {
+            if (grouped) {
+                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                int64_t n, cc;
+                for (n = n0; n < n1; ++n)
+                    for (cc = c0; cc < c1; ++cc)
+                        bnsym_forward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+            } else {
+                const int64_t q = u / nsb, s0 = (u % nsb) * sb;
+                bnsym_forward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
+            }
+        }
+    }
+}
+
 static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int nt)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -1929,6 +2113,7 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     const int need_red = 1;
     const int need_elem = 1;
     int64_t c;
+    bnsym_forward_train_f64_ncs_job job;
     (void)need_red;
     (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
@@ -1963,70 +2148,29 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
             a->red[c] = 0.0;
         bnsym_forward_train_f64_channels(a, 0, a->C);
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
-        int64_t u;
-        if (cmaj) {
-            const int64_t per = N * S * (int64_t)sizeof(double);
-            const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
-            const int64_t ca = C * tid / nthr, cz = C * (tid + 1) / nthr;
-            int64_t c0;
-            for (c0 = ca; c0 < cz; c0 += cb) {
-                const int64_t c1 = (c0 + cb < cz) ? c0 + cb : cz;
-                int64_t n, cc;
-                bnsym_forward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, 0,
-                    N * (c1 - c0) * nsb, nsb, sb, c0, c1 - c0);
-                bnsym_forward_train_f64_state_finish(a, &st[tid], c0, c1);
-                bnsym_forward_train_f64_channels(a, c0, c1);
-                for (n = 0; n < N; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_forward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
-            }
-        } else if (need_red) {
-            int tt;
-            if (chan_lanes)
-                bnsym_forward_train_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
-                    cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
-            else
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                    bnsym_forward_train_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
-                        LC * S, LC, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    const int64_t cu = q % C, len = (S - s0 < sb) ? S - s0 : sb;
-                    bnsym_forward_train_f64_reduce_block(a, &st[tid], cu, &sc[tid], q * S + s0, 1, 0, len, L, 1, L);
-                }
-            }
-            BNSYM_OMP(omp barrier)
-            BNSYM_OMP(omp single)
-            {
-                for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
-                bnsym_forward_train_f64_state_finish(a, &st[nt], 0, C);
-                bnsym_forward_train_f64_channels(a, 0, a->C);
-            }
-        }
-        if (need_elem && !cmaj) {
-            for (u = u0; u < u1; ++u) {
-                if (grouped) {
-                    const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                    const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                    int64_t n, cc;
-                    for (n = n0; n < n1; ++n)
-                        for (cc = c0; cc < c1; ++cc)
-                            bnsym_forward_train_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
-                } else {
-                    const int64_t q = u / nsb, s0 = (u % nsb) * sb;
-                    bnsym_forward_train_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
-                }
-            }
-        }
+    job.a = a;
+    job.units = units;
+    job.ng = ng;
+    job.Cg = Cg;
+    job.RBn = RBn;
+    job.nsb = nsb;
+    job.sb = sb;
+    job.grouped = grouped;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.cmaj = cmaj;
+    job.nt = nt;
+    job.chan_lanes = chan_lanes;
+    job.L = L;
+    job.csz = csz;
+    job.cbuf = cbuf;
+    job.st = st;
+    job.sc = sc;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_train_f64_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_train_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(wbuf);
     free(st);
@@ -2039,6 +2183,54 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
  * contiguous row ranges. The reduction sees Ur rows side by side as L = C*Ur lanes (a multiple
  * of BNSYM_LANES), in blocks of rows reduced from cache and merged per channel; thread partials
  * are merged in thread order. The element pass uses Le rows side by side. */
+/* What a thread of bnsym_forward_train_f64_run_rows needs, shared by all of them. */
+typedef struct {
+    bnsym_forward_train_f64_ctx *a;
+    double *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
+    int64_t R, Le;
+    int need_red, need_elem, nt;
+    int64_t L, RB;
+    bnsym_forward_train_f64_state *st;   /* [nt + 1] per-thread partials, then their merge */
+    bnsym_forward_train_f64_scratch *sc; /* [nt + 1] */
+} bnsym_forward_train_f64_rows_job;
+
+/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
+ * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+static void bnsym_forward_train_f64_rows_part(const bnsym_forward_train_f64_rows_job *p, int tid, int nthr)
+{
+    bnsym_forward_train_f64_ctx *a = p->a;
+    const int64_t C = a->C, R = p->R, Le = p->Le;
+    const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
+    if (p->need_red) {
+        bnsym_forward_train_f64_state *st = p->st;
+        bnsym_forward_train_f64_scratch *sc = p->sc;
+        const int64_t L = p->L, RB = p->RB;
+        int64_t r, jj;
+        int tt;
+        for (r = r0; r < r1; r += RB) {
+            const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
+            bnsym_forward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
+        }
+        BNSYM_BARRIER(nthr);
+        if (tid == 0) {
+            for (tt = 0; tt < nthr; ++tt)
+                bnsym_forward_train_f64_state_merge(&st[p->nt], &st[tt], C);
+            bnsym_forward_train_f64_state_finish(a, &st[p->nt], 0, C);
+            bnsym_forward_train_f64_channels(a, 0, a->C);
+            if (p->need_elem)
+                for (r = 0; r < Le; r += C)
+                    for (jj = 0; jj < C; ++jj) {
+                        p->lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
+                        p->lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
+                        p->lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
+                    }
+        }
+        BNSYM_BARRIER(nthr);
+    }
+    if (p->need_elem)
+        bnsym_forward_train_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+}
+
 static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int nt)
 {
     const int64_t C = a->C, R = a->N * a->S;
@@ -2047,6 +2239,7 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     const int need_red = 1;
     const int need_elem = 1;
     double *lanes = NULL;
+    bnsym_forward_train_f64_rows_job job;
     int64_t c, j;
     (void)nt;
     int64_t Ur = 1, L, RB;
@@ -2095,35 +2288,22 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
                     lanes[2 * Le + j + c] = a->coef[2 * C + c];
                 }
     }
-    BNSYM_OMP(omp parallel num_threads(nt))
-    {
-        const int tid = BNSYM_TID(), nthr = BNSYM_NTHR();
-        const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
-        if (need_red) {
-            int64_t r, jj;
-            int tt;
-            for (r = r0; r < r1; r += RB) {
-                const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
-                bnsym_forward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
-            }
-            BNSYM_OMP(omp barrier)
-            BNSYM_OMP(omp single)
-            {
-                for (tt = 0; tt < nthr; ++tt)
-                    bnsym_forward_train_f64_state_merge(&st[nt], &st[tt], C);
-                bnsym_forward_train_f64_state_finish(a, &st[nt], 0, C);
-                bnsym_forward_train_f64_channels(a, 0, a->C);
-                if (need_elem)
-                    for (r = 0; r < Le; r += C)
-                        for (jj = 0; jj < C; ++jj) {
-                            lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
-                            lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
-                            lanes[2 * Le + r + jj] = a->coef[2 * C + jj];
-                        }
-            }
-        }
-        if (need_elem)
-            bnsym_forward_train_f64_elements_lanes(a, lanes, r0 * C, (r1 - r0) * C, Le);
+    job.a = a;
+    job.lanes = lanes;
+    job.R = R;
+    job.Le = Le;
+    job.need_red = need_red;
+    job.need_elem = need_elem;
+    job.nt = nt;
+    job.L = L;
+    job.RB = RB;
+    job.st = st;
+    job.sc = sc;
+    if (nt > 1) {
+        BNSYM_OMP(omp parallel num_threads(nt))
+        bnsym_forward_train_f64_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
+    } else {
+        bnsym_forward_train_f64_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
     free(wbuf);
     free(st);

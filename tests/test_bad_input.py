@@ -130,6 +130,25 @@ def test_running_stats_overlapping_each_other(backend):
                 running_mean=shared[:C], running_var=shared[1:])
 
 
+@pytest.mark.parametrize("stat", ["running_mean", "running_var"])
+@pytest.mark.parametrize("other", ["weight", "bias"])
+@pytest.mark.parametrize("owner", ["stat", "other"])
+def test_running_stat_overlapping_a_view(stat, other, owner, backend):
+    # One array owns the memory and the other is a view of it (not the same object): the
+    # overlap must still be found (a statistic written in place while the other is read).
+    base = np.linspace(0.5, 1.5, C).astype(F32)
+    _call_fails(ValueError, f"{stat} overlaps {other}|{other} overlaps {stat}", backend,
+                **{stat: base, other: base[:]} if owner == "stat" else {stat: base[:], other: base})
+
+
+@pytest.mark.parametrize("stat", ["running_mean", "running_var"])
+def test_running_stat_overlapping_copied_input(stat, backend):
+    # A strided input is copied for the kernel; the statistic lies inside the caller's input.
+    big = np.random.default_rng(2).standard_normal(2 * 4 * C * 5).astype(F32)
+    x = big.reshape(4, C, 10)[:, :, ::2]
+    _call_fails(ValueError, f"{stat} overlaps input", backend, input=x, **{stat: big[2:2 + C]})
+
+
 # --------------------------------------------------------------------------- scalars
 
 
