@@ -122,7 +122,9 @@ def get_num_threads() -> int:
 
 # --------------------------------------------------------------------------- kernels
 
-_K = None  # {(dtype, layout): (forward_train, forward_eval, backward_train, backward_eval)}
+# kernels: _K[2 * (dtype is float64) + (layout is nsc)] = (forward_train, forward_eval,
+# backward_train, backward_eval); a tuple index is cheaper than hashing a dtype on every call
+_K = None
 _fb = None  # ffi.from_buffer: arrays are passed untyped (the compiled module declares void *)
 _NULL = None
 _PERMS: dict[int, tuple] = {}
@@ -147,13 +149,11 @@ def _init():
     except build.CompileError as exc:
         _init_error = exc
         raise
-    table = {}
-    for dt, sfx in ((_F32, "f32"), (_F64, "f64")):
-        for layout in ("ncs", "nsc"):
-            table[dt, layout] = tuple(
-                getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
-                for k in ("forward_train", "forward_eval", "backward_train", "backward_eval")
-            )
+    table = tuple(
+        tuple(getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
+              for k in ("forward_train", "forward_eval", "backward_train", "backward_eval"))
+        for sfx in ("f32", "f64") for layout in ("ncs", "nsc")
+    )
     _fb, _NULL = ffi.from_buffer, ffi.NULL
     _K = table
     return table
@@ -218,9 +218,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
              save_mean, save_invstd, want_save, skip_nonfinite, backend):
     """Shared forward. Returns (y, save_mean, save_invstd, skipped)."""
     # ---- validation (inline fast tests; _checks explains failures) ----
-    if type(x) is _ndarray and x.ndim >= 2 and (x.dtype is _F32 or x.dtype is _F64):
-        dt = x.dtype
-    else:
+    if not (type(x) is _ndarray and x.ndim >= 2 and ((dt := x.dtype) is _F32 or dt is _F64)):
         x = _checks.input_array(x)
         dt = _F32 if x.dtype == _F32 else _F64
     shape = x.shape
@@ -301,7 +299,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
                               save_mean, save_invstd, want_save, skip_nonfinite)
 
     # ---- pointers (everything below is valid: from_buffer cannot fail) ----
-    kern = (_K or _init())[dt, layout]
+    kern = (_K or _init())[2 * (dt is _F64) + (perm is not None)]
     fb, NULL = _fb, _NULL
     xk = x if perm is None else x.transpose(perm)  # the C-contiguous view the kernel reads
     px = fb(xk)
@@ -599,8 +597,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     if backend == "numpy" or x.size == 0:
         return _backward_numpy(dy, x, layout, w, sa, sb, training, eps, m0, m1, m2, gi, gw, gb)
 
-    K = _K or _init()
-    kern = K[dt, layout]
+    kern = (_K or _init())[2 * (dt is _F64) + (layout == "nsc")]
     fb, NULL = _fb, _NULL
     if layout == "nsc":
         px = fb(x.transpose(perm))

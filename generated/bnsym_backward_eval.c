@@ -69,6 +69,9 @@
 #define BNSYM_PREFIX 32
 /* Values of a long ncs strip whose mean shifts its channel's sums. */
 #define BNSYM_PREFIX_UNIT 256
+/* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
+ * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
+#define BNSYM_ROW_SUMS_MAX 2048
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
@@ -352,6 +355,28 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             for (j = 0; j < 2 * L; ++j) {
                 p->acc[j] += (double)p->psum[j];
                 p->psum[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
+        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
+         * whole super-rows in address order,
+         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
+         * by tile is slower here) */
+        for (q0 = 0; q0 < nq; ++q0) {
+            double *bn_acc0 = p->acc + 0 * L;
+            double *bn_acc1 = p->acc + 1 * L;
+            const double *bn_lane_running_mean_v = p->lane + 0 * L;
+            const float *bn_grad_output = a->grad_output + base + q0 * qstride;
+            const float *bn_x = a->x + base + q0 * qstride;
+            BNSYM_SIMD
+            for (j = 0; j < L; ++j) {
+                const double running_mean_v = bn_lane_running_mean_v[j];
+                const double dy = (double)bn_grad_output[j];
+                const double x_v = (double)bn_x[j];
+                bn_acc0[j] += dy*(-running_mean_v + x_v);
+                bn_acc1[j] += dy;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -1493,6 +1518,28 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
             for (j = 0; j < 2 * L; ++j) {
                 p->acc[j] += (double)p->psum[j];
                 p->psum[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
+        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
+         * whole super-rows in address order,
+         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
+         * by tile is slower here) */
+        for (q0 = 0; q0 < nq; ++q0) {
+            double *bn_acc0 = p->acc + 0 * L;
+            double *bn_acc1 = p->acc + 1 * L;
+            const double *bn_lane_running_mean_v = p->lane + 0 * L;
+            const double *bn_grad_output = a->grad_output + base + q0 * qstride;
+            const double *bn_x = a->x + base + q0 * qstride;
+            BNSYM_SIMD
+            for (j = 0; j < L; ++j) {
+                const double running_mean_v = bn_lane_running_mean_v[j];
+                const double dy = (double)bn_grad_output[j];
+                const double x_v = (double)bn_x[j];
+                bn_acc0[j] += dy*(-running_mean_v + x_v);
+                bn_acc1[j] += dy;
             }
         }
         nq = 0; /* done; only the tail is left */

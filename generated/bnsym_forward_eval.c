@@ -69,6 +69,9 @@
 #define BNSYM_PREFIX 32
 /* Values of a long ncs strip whose mean shifts its channel's sums. */
 #define BNSYM_PREFIX_UNIT 256
+/* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
+ * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
+#define BNSYM_ROW_SUMS_MAX 2048
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
