@@ -298,7 +298,8 @@ static int bnsym_backward_eval_f32_needs_wide(const bnsym_backward_eval_f32_ctx 
  * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
  * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -360,10 +361,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
         nq = 0; /* done; only the tail is left */
     }
     if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
-        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
-         * whole super-rows in address order,
-         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
-         * by tile is slower here) */
+        /* super-rows of several tiles (rows), sums in L1: row by row straight into the double
+         * accumulators */
         for (q0 = 0; q0 < nq; ++q0) {
             double *bn_acc0 = p->acc + 0 * L;
             double *bn_acc1 = p->acc + 1 * L;
@@ -458,7 +457,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
  * then tail values (lanes 0 .. tail-1). For
  * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -514,6 +514,39 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
                     }
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j) {
+                p->acc[j] += (double)p->psumt[j];
+                p->psumt[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    if (L > BNSYM_LANES && 4 * L <= BNSYM_ROW_SUMS_MAX) {
+        /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
+         * partial sums (4 rows at most: the same float operations as a tile's
+         * registers), then into the double accumulators */
+        for (q0 = 0; q0 < nq; q0 += 4) {
+            const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
+            int64_t g;
+            for (g = 0; g < gn; ++g) {
+                float *bn_p0 = p->psumt + 0 * L;
+                float *bn_p1 = p->psumt + 1 * L;
+                const float *bn_lane_bn_running_mean_v_hi = p->lanet + 0 * L;
+                const float *bn_lane_bn_running_mean_v_lo = p->lanet + 1 * L;
+                const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
+                    const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
+                    const float dy = (float)bn_grad_output[j];
+                    const float x_v = (float)bn_x[j];
+                    const float bn_rh0 = -bn_running_mean_v_hi + x_v;
+                    bn_p0[j] += dy*(bn_rh0 - bn_running_mean_v_lo);
+                    bn_p1[j] += dy;
                 }
             }
             BNSYM_SIMD
@@ -1461,7 +1494,8 @@ static void bnsym_backward_eval_f64_channels(const bnsym_backward_eval_f64_ctx *
  * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
  * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1523,10 +1557,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
         nq = 0; /* done; only the tail is left */
     }
     if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
-        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
-         * whole super-rows in address order,
-         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
-         * by tile is slower here) */
+        /* super-rows of several tiles (rows), sums in L1: row by row straight into the double
+         * accumulators */
         for (q0 = 0; q0 < nq; ++q0) {
             double *bn_acc0 = p->acc + 0 * L;
             double *bn_acc1 = p->acc + 1 * L;

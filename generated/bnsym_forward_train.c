@@ -320,7 +320,8 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
  * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
  * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -381,10 +382,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
         nq = 0; /* done; only the tail is left */
     }
     if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
-        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
-         * whole super-rows in address order,
-         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
-         * by tile is slower here) */
+        /* super-rows of several tiles (rows), sums in L1: row by row straight into the double
+         * accumulators */
         for (q0 = 0; q0 < nq; ++q0) {
             double *bn_acc0 = p->acc + 0 * L;
             double *bn_acc1 = p->acc + 1 * L;
@@ -475,7 +474,8 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
  * then tail values (lanes 0 .. tail-1). For
  * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -525,6 +525,35 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
                     }
+                }
+            }
+            BNSYM_SIMD
+            for (j = 0; j < 2 * L; ++j) {
+                p->acc[j] += (double)p->psumt[j];
+                p->psumt[j] = 0;
+            }
+        }
+        nq = 0; /* done; only the tail is left */
+    }
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
+        /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
+         * partial sums (8 rows at most: the same float operations as a tile's
+         * registers), then into the double accumulators */
+        for (q0 = 0; q0 < nq; q0 += 8) {
+            const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
+            int64_t g;
+            for (g = 0; g < gn; ++g) {
+                float *bn_p0 = p->psumt + 0 * L;
+                float *bn_p1 = p->psumt + 1 * L;
+                const float *bn_lane_bn_shift0 = p->lanet + 0 * L;
+                const float *bn_x = a->x + base + (q0 + g) * qstride;
+                BNSYM_SIMD
+                for (j = 0; j < L; ++j) {
+                    const float bn_shift0 = bn_lane_bn_shift0[j];
+                    const float x_v = (float)bn_x[j];
+                    const float bn_d0 = -bn_shift0 + x_v;
+                    bn_p0[j] += bn_d0;
+                    bn_p1[j] += bn_d0*bn_d0;
                 }
             }
             BNSYM_SIMD
@@ -1596,7 +1625,8 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
  * then tail values (lanes 0 .. tail-1). Every value is converted to double, then summed. For
  * each group of 8 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
- * in a register, then adds that partial sum to its double accumulator. */
+ * in a register, then adds that partial sum to its double accumulator. Super-rows of several
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
 static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -1657,10 +1687,8 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
         nq = 0; /* done; only the tail is left */
     }
     if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
-        /* super-rows of several tiles (channels-last rows) whose sums and lane inputs fit in L1:
-         * whole super-rows in address order,
-         * row by row straight into the double accumulators, in L1 (reading a group's rows tile
-         * by tile is slower here) */
+        /* super-rows of several tiles (rows), sums in L1: row by row straight into the double
+         * accumulators */
         for (q0 = 0; q0 < nq; ++q0) {
             double *bn_acc0 = p->acc + 0 * L;
             double *bn_acc1 = p->acc + 1 * L;
