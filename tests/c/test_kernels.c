@@ -489,6 +489,47 @@ static void run_huge(int layout, int nt)
     free(x); free(dy); free(ref); free(got); free(tx); free(ty); free(tdy);
 }
 
+#ifdef _OPENMP
+#include <omp.h>
+/* Kernels called by each thread of the caller's own OpenMP team (a one-thread kernel runs
+ * without a team of its own): every thread's results are bitwise those of a call made outside
+ * any team, and no thread waits for the others. */
+static void run_in_caller_team(void)
+{
+    enum { N = 40, C = 6, S = 30, E = N * C * S, T = 3 };
+    static float x[E], dy[E], ref_y[E], ref_gx[E], y[T][E], gx[T][E];
+    float ref_sm[C], ref_si[C], ref_gw[C], ref_gb[C], sm[T][C], si[T][C], gw[T][C], gb[T][C];
+    char ctx[64];
+    int layout, t, i, nrun = 0;
+    for (i = 0; i < E; ++i) {
+        x[i] = (float)(3.0 + rnd());
+        dy[i] = (float)rnd();
+    }
+    for (layout = NCS; layout <= NSC; ++layout) {
+        snprintf(ctx, sizeof ctx, "f32 %s called from a team of %d", layout == NCS ? "ncs" : "nsc", (int)T);
+        expect_int("caller-team reference forward", ctx,
+                   call_fwd_train(F32, layout, N, C, S, x, ref_y, NULL, NULL, NULL, NULL, ref_sm, ref_si, 1e-5, 0.1,
+                                  0, 1), 0);
+        expect_int("caller-team reference backward", ctx,
+                   call_bwd_train(F32, layout, N, C, S, dy, x, NULL, ref_sm, ref_si, ref_gx, ref_gw, ref_gb, 1), 0);
+#pragma omp parallel num_threads(T)
+        {
+            const int k = omp_get_thread_num();
+            if (k == 0)
+                nrun = omp_get_num_threads();
+            call_fwd_train(F32, layout, N, C, S, x, y[k], NULL, NULL, NULL, NULL, sm[k], si[k], 1e-5, 0.1, 0, 1);
+            call_bwd_train(F32, layout, N, C, S, dy, x, NULL, sm[k], si[k], gx[k], gw[k], gb[k], 1);
+        }
+        for (t = 0; t < nrun; ++t) {
+            expect_int("caller-team forward y bitwise", ctx, memcmp(y[t], ref_y, sizeof ref_y) == 0, 1);
+            expect_int("caller-team forward save_invstd bitwise", ctx, memcmp(si[t], ref_si, sizeof ref_si) == 0, 1);
+            expect_int("caller-team backward grad_input bitwise", ctx, memcmp(gx[t], ref_gx, sizeof ref_gx) == 0, 1);
+            expect_int("caller-team backward grad_weight bitwise", ctx, memcmp(gw[t], ref_gw, sizeof ref_gw) == 0, 1);
+        }
+    }
+}
+#endif
+
 int main(void)
 {
     /* (N, C, S): m = 2, C = 1, S = 1 (rows), odd sizes, strips longer than a block, many
@@ -525,6 +566,9 @@ int main(void)
     for (layout = NCS; layout <= NSC; ++layout)
         for (nt = 1; nt <= 2; ++nt)
             run_huge(layout, nt);
+#ifdef _OPENMP
+    run_in_caller_team();
+#endif
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
