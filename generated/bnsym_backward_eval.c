@@ -49,8 +49,9 @@
 #define BNSYM_GROUP_LANES 2048
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
-/* Bytes of input above which a second pass over the whole input would read memory, not cache:
- * the ncs kernels then work in channel blocks (about half the last-level cache; set it with
+/* Bytes of the arrays a reduction reads (the input; grad_output and input for a backward) above
+ * which a second pass over them would read memory, not cache: the ncs kernels then work in
+ * channel blocks (about half the last-level cache; set it with
  * -DBNSYM_CACHE_BYTES=... for another machine). */
 #ifndef BNSYM_CACHE_BYTES
 #define BNSYM_CACHE_BYTES (16 << 20)
@@ -931,8 +932,9 @@ static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
  * are merged in thread order.
- * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
- * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * Channel blocks (long strips with both passes, the arrays the reduction reads larger than
+ * BNSYM_CACHE_BYTES together, at least as many channels as threads): thread t owns channels
+ * C*t/T .. C*(t+1)/T-1 and takes them in
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
@@ -1052,7 +1054,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
     const int chan_lanes = !grouped && (size_t)C * (2 * BNSYM_LANES + 0) <= BNSYM_CHANNEL_LANES_MAX;
     const int cmaj = chan_lanes && need_red && need_elem && C >= nt && (C % nt == 0 || C >= 4 * nt)
-        && (double)N * (double)C * (double)S * (double)sizeof(float) > (double)BNSYM_CACHE_BYTES;
+        && 2.0 * (double)N * (double)C * (double)S * (double)sizeof(float) > (double)BNSYM_CACHE_BYTES;
     const size_t csz = chan_lanes ? ((size_t)C * (2 * BNSYM_LANES + 0) + 7) / 8 * 8 : 0;
     double *cbuf = NULL;
     double *wbuf = NULL;
@@ -1838,8 +1840,9 @@ static void bnsym_backward_eval_f64_elements_lanes(const bnsym_backward_eval_f64
  * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
  * are merged in thread order.
- * Channel blocks (long strips with both passes, an input larger than BNSYM_CACHE_BYTES, at least
- * as many channels as threads): thread t owns channels C*t/T .. C*(t+1)/T-1 and takes them in
+ * Channel blocks (long strips with both passes, the arrays the reduction reads larger than
+ * BNSYM_CACHE_BYTES together, at least as many channels as threads): thread t owns channels
+ * C*t/T .. C*(t+1)/T-1 and takes them in
  * blocks of about BNSYM_CHANNEL_BLOCK_BYTES per array, in address order: the block's reduction,
  * its channels' coefficients, then its element pass, which reads the block again from cache
  * instead of memory. A channel's sums then do not depend on the thread count. */
@@ -1958,7 +1961,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
     const int chan_lanes = !grouped && (size_t)C * (2 * BNSYM_LANES + 0) <= BNSYM_CHANNEL_LANES_MAX;
     const int cmaj = chan_lanes && need_red && need_elem && C >= nt && (C % nt == 0 || C >= 4 * nt)
-        && (double)N * (double)C * (double)S * (double)sizeof(double) > (double)BNSYM_CACHE_BYTES;
+        && 2.0 * (double)N * (double)C * (double)S * (double)sizeof(double) > (double)BNSYM_CACHE_BYTES;
     const size_t csz = chan_lanes ? ((size_t)C * (2 * BNSYM_LANES + 0) + 7) / 8 * 8 : 0;
     double *cbuf = NULL;
     double *wbuf = NULL;
