@@ -134,7 +134,7 @@ _COMMENT_RE = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _PROTO_RE = re.compile(r"[A-Za-z_][\w\s\*]*?\b[A-Za-z_]\w*\s*\([^;{}]*\)\s*;")
 
 
-_ARRAY_PARAM_RE = re.compile(r"\b(?:const\s+)?(?:float|double)\s*\*")
+_ARRAY_PARAM_RE = re.compile(r"\b(?:const\s+)?(?:float|double)\s*\*\s*")
 
 
 def cdef_from_header(text: str, void_pointers: bool = False) -> str:

@@ -67,6 +67,15 @@ def test_cdef_from_header_keeps_only_prototypes():
     assert cdef.strip() == "int bnsym_probe(int64_t n, const double *x, double *y, double a);"
 
 
+def test_cdef_void_pointers():
+    # the compiled module takes untyped buffers: float/double pointers become void *, the rest stays
+    cdef = build.cdef_from_header(HEADER, void_pointers=True)
+    assert cdef.strip() == "int bnsym_probe(int64_t n, void *x, void *y, double a);"
+    text = "int g(const float *x, float* y, int64_t *n, double s);\n"
+    assert build.cdef_from_header(text, void_pointers=True).strip() == \
+        "int g(void *x, void *y, int64_t *n, double s);"
+
+
 def test_cdef_section_markers_and_attributes():
     text = ("#include <stdint.h>\nstatic inline int helper(void) { return 1; }\n"
             "/* BNSYM_CDEF_BEGIN */\nint f(int64_t n);\n"
