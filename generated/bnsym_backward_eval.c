@@ -224,7 +224,7 @@ static size_t bnsym_backward_eval_f32_work_size(int64_t C, int64_t L, int64_t LC
 }
 
 static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st, bnsym_backward_eval_f32_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -238,14 +238,16 @@ static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st,
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
     sc->bsave = sc->psum + 2 * L;
     sc->tbad = sc->bsave + 2 * LC;
     sc->lanet = (float *)(sc->tbad + LC);
     sc->psumt = sc->lanet + 2 * L;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psumt[j] = 0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psumt[j] = 0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -1073,8 +1075,8 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_eval_f32_reduction_inputs(a);
     } else
     {
@@ -1200,8 +1202,8 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_eval_f32_reduction_inputs(a);
     }
     if (need_elem) {
@@ -1441,7 +1443,7 @@ static size_t bnsym_backward_eval_f64_work_size(int64_t C, int64_t L, int64_t LC
 }
 
 static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st, bnsym_backward_eval_f64_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -1455,8 +1457,9 @@ static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st,
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -1980,8 +1983,8 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_eval_f64_reduction_inputs(a);
     } else
     {
@@ -2104,8 +2107,8 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_eval_f64_reduction_inputs(a);
     }
     if (need_elem) {

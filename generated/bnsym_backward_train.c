@@ -223,7 +223,7 @@ static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t L
 }
 
 static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *st, bnsym_backward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -237,14 +237,16 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
     sc->psum = sc->lane + 2 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
     sc->bsave = sc->psum + 2 * L;
     sc->tbad = sc->bsave + 2 * LC;
     sc->lanet = (float *)(sc->tbad + LC);
     sc->psumt = sc->lanet + 3 * L;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psumt[j] = 0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psumt[j] = 0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -1154,8 +1156,8 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_train_f32_reduction_inputs(a);
     } else
     {
@@ -1283,8 +1285,8 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_train_f32_reduction_inputs(a);
     }
     if (need_elem) {
@@ -1523,7 +1525,7 @@ static size_t bnsym_backward_train_f64_work_size(int64_t C, int64_t L, int64_t L
 }
 
 static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *st, bnsym_backward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -1537,8 +1539,9 @@ static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *s
     sc->psum = sc->lane + 2 * L;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -2108,8 +2111,8 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_train_f64_reduction_inputs(a);
     } else
     {
@@ -2236,8 +2239,8 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_backward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_train_f64_reduction_inputs(a);
     }
     if (need_elem) {

@@ -225,7 +225,7 @@ static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC
 }
 
 static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st, bnsym_forward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -239,14 +239,16 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
     sc->bsave = sc->psum + 2 * L;
     sc->tbad = sc->bsave + 2 * LC;
     sc->lanet = (float *)(sc->tbad + LC);
     sc->psumt = sc->lanet + 1 * L;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psumt[j] = 0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psumt[j] = 0;
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -1165,8 +1167,8 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
@@ -1291,8 +1293,8 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_forward_train_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
     }
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
@@ -1555,7 +1557,7 @@ static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC
 }
 
 static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st, bnsym_forward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     st->cnt = buf;
@@ -1569,8 +1571,9 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     sc->psum = sc->lane + 1 * L;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
-    for (j = 0; j < 2 * L; ++j)
-        sc->psum[j] = 0.0;
+    if (zero_scratch)
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -2216,8 +2219,8 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
             free(cbuf);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
@@ -2340,8 +2343,8 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
             free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t)
-            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C);
+        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
+            bnsym_forward_train_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
     }
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
