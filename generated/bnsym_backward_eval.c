@@ -38,8 +38,9 @@
 #else
 #define BNSYM_PREFETCH(address) ((void)(address))
 #endif
-/* Row groups a reduction prefetches ahead. */
+/* Row groups a reduction prefetches ahead, for super-rows of at most BNSYM_PREFETCH_LANES. */
 #define BNSYM_AHEAD 3
+#define BNSYM_PREFETCH_LANES 64
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
@@ -385,8 +386,9 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
@@ -562,8 +564,9 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
@@ -1583,8 +1586,9 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)

@@ -38,8 +38,9 @@
 #else
 #define BNSYM_PREFETCH(address) ((void)(address))
 #endif
-/* Row groups a reduction prefetches ahead. */
+/* Row groups a reduction prefetches ahead, for super-rows of at most BNSYM_PREFETCH_LANES. */
 #define BNSYM_AHEAD 3
+#define BNSYM_PREFETCH_LANES 64
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192

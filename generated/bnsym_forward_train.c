@@ -38,8 +38,9 @@
 #else
 #define BNSYM_PREFETCH(address) ((void)(address))
 #endif
-/* Row groups a reduction prefetches ahead. */
+/* Row groups a reduction prefetches ahead, for super-rows of at most BNSYM_PREFETCH_LANES. */
 #define BNSYM_AHEAD 3
+#define BNSYM_PREFETCH_LANES 64
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
@@ -405,8 +406,9 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 8) {
         const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
@@ -569,8 +571,9 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 8) {
         const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
@@ -1712,8 +1715,9 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
     }
     for (q0 = 0; q0 < nq; q0 += 8) {
         const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
-        {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead */
+        if (L <= BNSYM_PREFETCH_LANES) {
+            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
+             * the hardware prefetcher keeps up with long ones, where this only costs time) */
             const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 8 < nq) ? q0 + (BNSYM_AHEAD + 1) * 8 : nq;
             int64_t qa, o;
             for (qa = q0 + BNSYM_AHEAD * 8; qa < q1; ++qa)
