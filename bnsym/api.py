@@ -326,12 +326,11 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     if training:
         if rm is not None or rv is not None:
             # running statistics are written in place: they must not overlap any other operand
-            # (two distinct arrays that both own their memory never overlap: decided without
-            # comparing pointers)
-            if not (own and rm is not rv and (rm is None or (rm is not x and rm is not w
-                                                              and rm is not b))
-                    and (rv is None or (rv is not x and rv is not w and rv is not b))
-                    and own_out):
+            # (different arrays that all own their memory never overlap: decided without
+            # comparing pointers; a statistic, of shape (C,), is never the input itself)
+            if not (own and own_out and rm is not rv
+                    and (rm is None or (rm is not w and rm is not b))
+                    and (rv is None or (rv is not w and rv is not b))):
                 ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
                        ("running_mean", prm), ("running_var", prv))
                 if x is not x0:
