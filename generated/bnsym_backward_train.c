@@ -1133,8 +1133,6 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     bnsym_backward_train_f32_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_backward_train_f32_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -1265,7 +1263,6 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     float *lanes = NULL;
     bnsym_backward_train_f32_rows_job job;
     int64_t c, j;
-    (void)nt;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
@@ -2089,8 +2086,6 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     bnsym_backward_train_f64_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_backward_train_f64_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -2220,7 +2215,6 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     double *lanes = NULL;
     bnsym_backward_train_f64_rows_job job;
     int64_t c, j;
-    (void)nt;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;

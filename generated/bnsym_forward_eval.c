@@ -321,8 +321,6 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_eval_f32_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int cmaj = 0;
     {
         for (c = 0; c < 0 * C; ++c)
@@ -384,7 +382,6 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     float *lanes = NULL;
     bnsym_forward_eval_f32_rows_job job;
     int64_t c, j;
-    (void)nt;
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
@@ -692,8 +689,6 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_eval_f64_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int cmaj = 0;
     {
         for (c = 0; c < 0 * C; ++c)
@@ -754,7 +749,6 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     double *lanes = NULL;
     bnsym_forward_eval_f64_rows_job job;
     int64_t c, j;
-    (void)nt;
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {

@@ -1144,8 +1144,6 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_train_f32_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_forward_train_f32_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -1273,7 +1271,6 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     float *lanes = NULL;
     bnsym_forward_train_f32_rows_job job;
     int64_t c, j;
-    (void)nt;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
@@ -2197,8 +2194,6 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_train_f64_ncs_job job;
-    (void)need_red;
-    (void)nt;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_forward_train_f64_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -2324,7 +2319,6 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     double *lanes = NULL;
     bnsym_forward_train_f64_rows_job job;
     int64_t c, j;
-    (void)nt;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
