@@ -74,6 +74,11 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
+ * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
+ * folded for only that many values each). */
+#define BNSYM_STRIP_ROWS 8
+#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
@@ -209,6 +214,7 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
+    int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
     double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
     double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
     float *lanet; /* [2][L] the lane inputs as the float pass reads them */
@@ -644,11 +650,13 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
     }
 }
 
-/* The lanes of the reduction inputs for channels c0 .. c0 + LC - 1 (lane j: channel
- * c0 + (j / R) % LC), in double and as the float pass reads them. */
+/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes (lane j: channel
+ * c0 + (j / R) % LC), in double and as the float pass reads them; L = 0 for
+ * bnsym_backward_eval_f32_strips, which reads them per channel. */
 static void bnsym_backward_eval_f32_set_rin(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
+    p->rin_c0 = c0;
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -710,11 +718,43 @@ static void bnsym_backward_eval_f32_fold(const double *acc, double *bacc, int64_
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* A few rows (nseg) of LC short strips of R values side by side (lane j: channel j / R), each
+ * channel's strips summed straight into its sums bacc[k][c], in double: no lane accumulators to
+ * zero and fold, no lane inputs (the channel's own reduction inputs). */
+static void bnsym_backward_eval_f32_strips(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t LC, int64_t R)
+{
+    int64_t c, g, r;
+    for (c = 0; c < LC; ++c) {
+        const double running_mean_v = a->rin[0 * a->C + p->rin_c0 + c];
+        double bn_s0 = 0.0;
+        double bn_s1 = 0.0;
+        for (g = 0; g < nseg; ++g) {
+            const float *bn_grad_output = a->grad_output + base + g * stride + c * R;
+            const float *bn_x = a->x + base + g * stride + c * R;
+            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            for (r = 0; r < R; ++r) {
+                const double dy = (double)bn_grad_output[r];
+                const double x_v = (double)bn_x[r];
+                bn_s0 += dy*(-running_mean_v + x_v);
+                bn_s1 += dy;
+            }
+        }
+        p->bacc[0 * LC + c] = bn_s0;
+        p->bacc[1 * LC + c] = bn_s1;
+    }
+}
+
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (a few rows of short strips: bnsym_backward_eval_f32_strips instead). */
 static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
+    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+        bnsym_backward_eval_f32_strips(a, p, base, nseg, stride, LC, R);
+        return;
+    }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
     if (use_t) {
@@ -999,7 +1039,7 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                bnsym_backward_eval_f32_set_rin(a, &sc[tid], LC * S, c0, LC, S);
+                bnsym_backward_eval_f32_set_rin(a, &sc[tid], BNSYM_STRIPS(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
                 bnsym_backward_eval_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                     LC * S, LC, S);
             } else {
@@ -1431,6 +1471,7 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
+    int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
 } bnsym_backward_eval_f64_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
@@ -1656,11 +1697,13 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
     }
 }
 
-/* The lanes of the reduction inputs for channels c0 .. c0 + LC - 1 (lane j: channel
- * c0 + (j / R) % LC). */
+/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes (lane j: channel
+ * c0 + (j / R) % LC); L = 0 for
+ * bnsym_backward_eval_f64_strips, which reads them per channel. */
 static void bnsym_backward_eval_f64_set_rin(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
+    p->rin_c0 = c0;
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -1706,11 +1749,43 @@ static void bnsym_backward_eval_f64_fold(const double *acc, double *bacc, int64_
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* A few rows (nseg) of LC short strips of R values side by side (lane j: channel j / R), each
+ * channel's strips summed straight into its sums bacc[k][c], in double: no lane accumulators to
+ * zero and fold, no lane inputs (the channel's own reduction inputs). */
+static void bnsym_backward_eval_f64_strips(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t LC, int64_t R)
+{
+    int64_t c, g, r;
+    for (c = 0; c < LC; ++c) {
+        const double running_mean_v = a->rin[0 * a->C + p->rin_c0 + c];
+        double bn_s0 = 0.0;
+        double bn_s1 = 0.0;
+        for (g = 0; g < nseg; ++g) {
+            const double *bn_grad_output = a->grad_output + base + g * stride + c * R;
+            const double *bn_x = a->x + base + g * stride + c * R;
+            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            for (r = 0; r < R; ++r) {
+                const double dy = (double)bn_grad_output[r];
+                const double x_v = (double)bn_x[r];
+                bn_s0 += dy*(-running_mean_v + x_v);
+                bn_s1 += dy;
+            }
+        }
+        p->bacc[0 * LC + c] = bn_s0;
+        p->bacc[1 * LC + c] = bn_s1;
+    }
+}
+
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (a few rows of short strips: bnsym_backward_eval_f64_strips instead). */
 static void bnsym_backward_eval_f64_block_sums(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
+    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+        bnsym_backward_eval_f64_strips(a, p, base, nseg, stride, LC, R);
+        return;
+    }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
     if (seg_len == L && nq == 1 && tail == 0)
@@ -1906,7 +1981,7 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                bnsym_backward_eval_f64_set_rin(a, &sc[tid], LC * S, c0, LC, S);
+                bnsym_backward_eval_f64_set_rin(a, &sc[tid], BNSYM_STRIPS(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
                 bnsym_backward_eval_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                     LC * S, LC, S);
             } else {

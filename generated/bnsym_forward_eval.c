@@ -74,6 +74,11 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
+ * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
+ * folded for only that many values each). */
+#define BNSYM_STRIP_ROWS 8
+#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use

@@ -74,6 +74,11 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
+ * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
+ * folded for only that many values each). */
+#define BNSYM_STRIP_ROWS 8
+#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
@@ -674,11 +679,42 @@ static void bnsym_forward_train_f32_fold(const double *acc, double *bacc, int64_
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* A few rows (nseg) of LC short strips of R values side by side (lane j: channel j / R), each
+ * channel's strips summed straight into its sums bacc[k][c], in double: no lane accumulators to
+ * zero and fold, no lane inputs (the channel's own shifts). */
+static void bnsym_forward_train_f32_strips(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t LC, int64_t R)
+{
+    int64_t c, g, r;
+    for (c = 0; c < LC; ++c) {
+        const double bn_shift0 = p->shift[0 * LC + c];
+        double bn_s0 = 0.0;
+        double bn_s1 = 0.0;
+        for (g = 0; g < nseg; ++g) {
+            const float *bn_x = a->x + base + g * stride + c * R;
+            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            for (r = 0; r < R; ++r) {
+                const double x_v = (double)bn_x[r];
+                const double bn_d0 = -bn_shift0 + x_v;
+                bn_s0 += bn_d0;
+                bn_s1 += bn_d0*bn_d0;
+            }
+        }
+        p->bacc[0 * LC + c] = bn_s0;
+        p->bacc[1 * LC + c] = bn_s1;
+    }
+}
+
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (a few rows of short strips: bnsym_forward_train_f32_strips instead). */
 static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
+    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+        bnsym_forward_train_f32_strips(a, p, base, nseg, stride, LC, R);
+        return;
+    }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
     if (use_t) {
@@ -778,6 +814,8 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     int64_t c;
     int fresh = 0, recentered = 0;
     const int use_t = 1;
+    /* the shifts' lanes (none when every sum below is taken strip by strip) */
+    const int64_t Ls = (BNSYM_STRIPS(nseg, R) && seg_len == L) ? 0 : L;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -788,7 +826,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f32_set_shifts(p, L, LC, R);
+        bnsym_forward_train_f32_set_shifts(p, Ls, LC, R);
         if (seg_len == L) {
             const int64_t ns = (nseg < want) ? nseg : want;
             bnsym_forward_train_f32_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
@@ -812,7 +850,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     }
     for (;;) {
         int recenter = 0;
-        bnsym_forward_train_f32_set_shifts(p, L, LC, R);
+        bnsym_forward_train_f32_set_shifts(p, Ls, LC, R);
         bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, use_t);
         bnsym_forward_train_f32_t_fallback(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, bn);
         if (recentered)
@@ -1815,11 +1853,42 @@ static void bnsym_forward_train_f64_fold(const double *acc, double *bacc, int64_
     }
 }
 
-/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels. */
+/* A few rows (nseg) of LC short strips of R values side by side (lane j: channel j / R), each
+ * channel's strips summed straight into its sums bacc[k][c], in double: no lane accumulators to
+ * zero and fold, no lane inputs (the channel's own shifts). */
+static void bnsym_forward_train_f64_strips(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nseg,
+    int64_t stride, int64_t LC, int64_t R)
+{
+    int64_t c, g, r;
+    for (c = 0; c < LC; ++c) {
+        const double bn_shift0 = p->shift[0 * LC + c];
+        double bn_s0 = 0.0;
+        double bn_s1 = 0.0;
+        for (g = 0; g < nseg; ++g) {
+            const double *bn_x = a->x + base + g * stride + c * R;
+            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            for (r = 0; r < R; ++r) {
+                const double x_v = (double)bn_x[r];
+                const double bn_d0 = -bn_shift0 + x_v;
+                bn_s0 += bn_d0;
+                bn_s1 += bn_d0*bn_d0;
+            }
+        }
+        p->bacc[0 * LC + c] = bn_s0;
+        p->bacc[1 * LC + c] = bn_s1;
+    }
+}
+
+/* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
+ * (a few rows of short strips: bnsym_forward_train_f64_strips instead). */
 static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
+    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+        bnsym_forward_train_f64_strips(a, p, base, nseg, stride, LC, R);
+        return;
+    }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
     if (seg_len == L && nq == 1 && tail == 0)
@@ -1874,6 +1943,8 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     int64_t c;
     int fresh = 0, recentered = 0;
     const int use_t = 0;
+    /* the shifts' lanes (none when every sum below is taken strip by strip) */
+    const int64_t Ls = (BNSYM_STRIPS(nseg, R) && seg_len == L) ? 0 : L;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -1884,7 +1955,7 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f64_set_shifts(p, L, LC, R);
+        bnsym_forward_train_f64_set_shifts(p, Ls, LC, R);
         if (seg_len == L) {
             const int64_t ns = (nseg < want) ? nseg : want;
             bnsym_forward_train_f64_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
@@ -1908,7 +1979,7 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     }
     for (;;) {
         int recenter = 0;
-        bnsym_forward_train_f64_set_shifts(p, L, LC, R);
+        bnsym_forward_train_f64_set_shifts(p, Ls, LC, R);
         bnsym_forward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, use_t);
         if (recentered)
             break;
