@@ -77,7 +77,12 @@
 /* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
  * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
  * folded for only that many values each). */
+#ifndef BNSYM_ELEM_LANES_S
+#define BNSYM_ELEM_LANES_S 16
+#endif
+#ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
+#endif
 #define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
@@ -926,6 +931,48 @@ static void bnsym_backward_eval_f32_elements_ncs(const bnsym_backward_eval_f32_c
     }
 }
 
+/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+static void bnsym_backward_eval_f32_coef_lanes(const bnsym_backward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            {
+                const float *bn_c = a->coef + 0 * a->C + c0;
+                float *bn_l = lanes + 0 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+            {
+                const float *bn_c = a->coef + 1 * a->C + c0;
+                float *bn_l = lanes + 1 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+        }
+        return;
+    }
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const float bn_v = a->coef[0 * a->C + c0 + c];
+                float *bn_l = lanes + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const float bn_v = a->coef[1 * a->C + c0 + c];
+                float *bn_l = lanes + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+        }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
 static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L)
@@ -988,6 +1035,7 @@ typedef struct {
     bnsym_backward_eval_f32_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int grouped, need_red, need_elem, cmaj, nt;
+    float *glanes;      /* [nt][2][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
     int64_t L;
     size_t csz;
@@ -1064,10 +1112,22 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                int64_t n, cc;
-                for (n = n0; n < n1; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_backward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                int64_t n;
+                if (a->use_wide || S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop, or some channels
+                     * in double) */
+                    int64_t cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_backward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    /* very short strips: the group's strips of a sample as one row of
+                     * (c1 - c0) * S lanes */
+                    float *lanes = p->glanes + (size_t)tid * 2 * (size_t)(Cg * S);
+                    bnsym_backward_eval_f32_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
+                    for (n = n0; n < n1; ++n)
+                        bnsym_backward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                 bnsym_backward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
@@ -1092,6 +1152,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     bnsym_backward_eval_f32_ncs_job job;
+    float *glanes = NULL;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_backward_eval_f32_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -1104,6 +1165,11 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     bnsym_backward_eval_f32_state *st = NULL;
     bnsym_backward_eval_f32_scratch *sc = NULL;
     int t;
+    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
+        glanes = (float *)bnsym_alloc((size_t)nt * 2 * (size_t)(Cg * S), sizeof(float));
+        if (glanes == NULL)
+            return -1;
+    }
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
         st = (bnsym_backward_eval_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f32_state));
@@ -1114,6 +1180,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
             free(st);
             free(sc);
             free(cbuf);
+            free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -1138,6 +1205,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     job.need_elem = need_elem;
     job.cmaj = cmaj;
     job.nt = nt;
+    job.glanes = glanes;
     job.chan_lanes = chan_lanes;
     job.L = L;
     job.csz = csz;
@@ -1154,6 +1222,7 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     free(st);
     free(sc);
     free(cbuf);
+    free(glanes);
     return 0;
 }
 
@@ -1183,7 +1252,7 @@ static void bnsym_backward_eval_f32_rows_part(const bnsym_backward_eval_f32_rows
         bnsym_backward_eval_f32_state *st = p->st;
         bnsym_backward_eval_f32_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
-        int64_t r, jj;
+        int64_t r;
         int tt;
         bnsym_backward_eval_f32_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
@@ -1198,11 +1267,7 @@ static void bnsym_backward_eval_f32_rows_part(const bnsym_backward_eval_f32_rows
             bnsym_backward_eval_f32_channels(a, 0, a->C);
             a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
             if (p->need_elem)
-                for (r = 0; r < Le; r += C)
-                    for (jj = 0; jj < C; ++jj) {
-                        p->lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
-                        p->lanes[1 * Le + r + jj] = a->coef[1 * C + jj];
-                    }
+                bnsym_backward_eval_f32_coef_lanes(a, p->lanes, Le, 0, C, 1);
         }
         BNSYM_BARRIER(nthr);
     }
@@ -1219,7 +1284,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     const int need_elem = a->grad_input != NULL;
     float *lanes = NULL;
     bnsym_backward_eval_f32_rows_job job;
-    int64_t c, j;
+    int64_t c;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
@@ -1261,11 +1326,7 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
         bnsym_backward_eval_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
         if (need_elem)
-            for (j = 0; j < Le; j += C)
-                for (c = 0; c < C; ++c) {
-                    lanes[0 * Le + j + c] = a->coef[0 * C + c];
-                    lanes[1 * Le + j + c] = a->coef[1 * C + c];
-                }
+            bnsym_backward_eval_f32_coef_lanes(a, lanes, Le, 0, C, 1);
     }
     job.a = a;
     job.lanes = lanes;
@@ -1893,6 +1954,34 @@ static void bnsym_backward_eval_f64_elements_ncs(const bnsym_backward_eval_f64_c
     }
 }
 
+/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+static void bnsym_backward_eval_f64_coef_lanes(const bnsym_backward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            {
+                const double *bn_c = a->coef + 0 * a->C + c0;
+                double *bn_l = lanes + 0 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+        }
+        return;
+    }
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const double bn_v = a->coef[0 * a->C + c0 + c];
+                double *bn_l = lanes + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+        }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
 static void bnsym_backward_eval_f64_elements_lanes(const bnsym_backward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L)
@@ -1930,6 +2019,7 @@ typedef struct {
     bnsym_backward_eval_f64_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int grouped, need_red, need_elem, cmaj, nt;
+    double *glanes;      /* [nt][1][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
     int64_t L;
     size_t csz;
@@ -2005,10 +2095,21 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                int64_t n, cc;
-                for (n = n0; n < n1; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_backward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                int64_t n;
+                if (S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop) */
+                    int64_t cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_backward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    /* very short strips: the group's strips of a sample as one row of
+                     * (c1 - c0) * S lanes */
+                    double *lanes = p->glanes + (size_t)tid * 1 * (size_t)(Cg * S);
+                    bnsym_backward_eval_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
+                    for (n = n0; n < n1; ++n)
+                        bnsym_backward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                 bnsym_backward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
@@ -2033,6 +2134,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     const int need_elem = a->grad_input != NULL;
     int64_t c;
     bnsym_backward_eval_f64_ncs_job job;
+    double *glanes = NULL;
     const int64_t L = grouped ? Cg * S : BNSYM_LANES;
     const size_t wsz = bnsym_backward_eval_f64_work_size(C, L, grouped ? Cg : 1);
     /* long strips: per-thread channel lanes and shifts, unless C makes them too large */
@@ -2045,6 +2147,11 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     bnsym_backward_eval_f64_state *st = NULL;
     bnsym_backward_eval_f64_scratch *sc = NULL;
     int t;
+    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
+        glanes = (double *)bnsym_alloc((size_t)nt * 1 * (size_t)(Cg * S), sizeof(double));
+        if (glanes == NULL)
+            return -1;
+    }
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
         st = (bnsym_backward_eval_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f64_state));
@@ -2055,6 +2162,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
             free(st);
             free(sc);
             free(cbuf);
+            free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -2078,6 +2186,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     job.need_elem = need_elem;
     job.cmaj = cmaj;
     job.nt = nt;
+    job.glanes = glanes;
     job.chan_lanes = chan_lanes;
     job.L = L;
     job.csz = csz;
@@ -2094,6 +2203,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     free(st);
     free(sc);
     free(cbuf);
+    free(glanes);
     return 0;
 }
 
@@ -2123,7 +2233,7 @@ static void bnsym_backward_eval_f64_rows_part(const bnsym_backward_eval_f64_rows
         bnsym_backward_eval_f64_state *st = p->st;
         bnsym_backward_eval_f64_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
-        int64_t r, jj;
+        int64_t r;
         int tt;
         bnsym_backward_eval_f64_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
@@ -2137,10 +2247,7 @@ static void bnsym_backward_eval_f64_rows_part(const bnsym_backward_eval_f64_rows
             bnsym_backward_eval_f64_state_finish(a, &st[p->nt], 0, C);
             bnsym_backward_eval_f64_channels(a, 0, a->C);
             if (p->need_elem)
-                for (r = 0; r < Le; r += C)
-                    for (jj = 0; jj < C; ++jj) {
-                        p->lanes[0 * Le + r + jj] = a->coef[0 * C + jj];
-                    }
+                bnsym_backward_eval_f64_coef_lanes(a, p->lanes, Le, 0, C, 1);
         }
         BNSYM_BARRIER(nthr);
     }
@@ -2157,7 +2264,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     const int need_elem = a->grad_input != NULL;
     double *lanes = NULL;
     bnsym_backward_eval_f64_rows_job job;
-    int64_t c, j;
+    int64_t c;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
@@ -2198,10 +2305,7 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
             a->red[c] = 0.0;
         bnsym_backward_eval_f64_channels(a, 0, a->C);
         if (need_elem)
-            for (j = 0; j < Le; j += C)
-                for (c = 0; c < C; ++c) {
-                    lanes[0 * Le + j + c] = a->coef[0 * C + c];
-                }
+            bnsym_backward_eval_f64_coef_lanes(a, lanes, Le, 0, C, 1);
     }
     job.a = a;
     job.lanes = lanes;

@@ -77,7 +77,12 @@
 /* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
  * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
  * folded for only that many values each). */
+#ifndef BNSYM_ELEM_LANES_S
+#define BNSYM_ELEM_LANES_S 16
+#endif
+#ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
+#endif
 #define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
@@ -211,6 +216,62 @@ static void bnsym_forward_eval_f32_elements_ncs(const bnsym_forward_eval_f32_ctx
     }
 }
 
+/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+static void bnsym_forward_eval_f32_coef_lanes(const bnsym_forward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            {
+                const float *bn_c = a->coef + 0 * a->C + c0;
+                float *bn_l = lanes + 0 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+            {
+                const float *bn_c = a->coef + 1 * a->C + c0;
+                float *bn_l = lanes + 1 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+            {
+                const float *bn_c = a->coef + 2 * a->C + c0;
+                float *bn_l = lanes + 2 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+        }
+        return;
+    }
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const float bn_v = a->coef[0 * a->C + c0 + c];
+                float *bn_l = lanes + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const float bn_v = a->coef[1 * a->C + c0 + c];
+                float *bn_l = lanes + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const float bn_v = a->coef[2 * a->C + c0 + c];
+                float *bn_l = lanes + 2 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+        }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
 static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L)
@@ -281,6 +342,7 @@ typedef struct {
     bnsym_forward_eval_f32_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int grouped, need_red, need_elem, cmaj, nt;
+    float *glanes;      /* [nt][3][Cg * S] per-thread coefficient lanes of a channel group */
 } bnsym_forward_eval_f32_ncs_job;
 
 /* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
@@ -298,10 +360,22 @@ static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                int64_t n, cc;
-                for (n = n0; n < n1; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                int64_t n;
+                if (a->use_wide || S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop, or some channels
+                     * in double) */
+                    int64_t cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_forward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    /* very short strips: the group's strips of a sample as one row of
+                     * (c1 - c0) * S lanes */
+                    float *lanes = p->glanes + (size_t)tid * 3 * (size_t)(Cg * S);
+                    bnsym_forward_eval_f32_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
+                    for (n = n0; n < n1; ++n)
+                        bnsym_forward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                 bnsym_forward_eval_f32_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
@@ -326,7 +400,13 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_eval_f32_ncs_job job;
+    float *glanes = NULL;
     const int cmaj = 0;
+    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
+        glanes = (float *)bnsym_alloc((size_t)nt * 3 * (size_t)(Cg * S), sizeof(float));
+        if (glanes == NULL)
+            return -1;
+    }
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
@@ -345,12 +425,14 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     job.need_elem = need_elem;
     job.cmaj = cmaj;
     job.nt = nt;
+    job.glanes = glanes;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
         bnsym_forward_eval_f32_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
     } else {
         bnsym_forward_eval_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
+    free(glanes);
     return 0;
 }
 
@@ -386,7 +468,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     const int need_elem = 1;
     float *lanes = NULL;
     bnsym_forward_eval_f32_rows_job job;
-    int64_t c, j;
+    int64_t c;
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
@@ -399,12 +481,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
         bnsym_forward_eval_f32_channels(a, 0, a->C);
         a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
         if (need_elem)
-            for (j = 0; j < Le; j += C)
-                for (c = 0; c < C; ++c) {
-                    lanes[0 * Le + j + c] = a->coef[0 * C + c];
-                    lanes[1 * Le + j + c] = a->coef[1 * C + c];
-                    lanes[2 * Le + j + c] = a->coef[2 * C + c];
-                }
+            bnsym_forward_eval_f32_coef_lanes(a, lanes, Le, 0, C, 1);
     }
     job.a = a;
     job.lanes = lanes;
@@ -607,6 +684,62 @@ static void bnsym_forward_eval_f64_elements_ncs(const bnsym_forward_eval_f64_ctx
     }
 }
 
+/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+static void bnsym_forward_eval_f64_coef_lanes(const bnsym_forward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            {
+                const double *bn_c = a->coef + 0 * a->C + c0;
+                double *bn_l = lanes + 0 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+            {
+                const double *bn_c = a->coef + 1 * a->C + c0;
+                double *bn_l = lanes + 1 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+            {
+                const double *bn_c = a->coef + 2 * a->C + c0;
+                double *bn_l = lanes + 2 * L + u;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_c[c];
+            }
+        }
+        return;
+    }
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
+            {
+                const double bn_v = a->coef[0 * a->C + c0 + c];
+                double *bn_l = lanes + 0 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const double bn_v = a->coef[1 * a->C + c0 + c];
+                double *bn_l = lanes + 1 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+            {
+                const double bn_v = a->coef[2 * a->C + c0 + c];
+                double *bn_l = lanes + 2 * L + u + c * R;
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+        }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
 static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L)
@@ -649,6 +782,7 @@ typedef struct {
     bnsym_forward_eval_f64_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int grouped, need_red, need_elem, cmaj, nt;
+    double *glanes;      /* [nt][3][Cg * S] per-thread coefficient lanes of a channel group */
 } bnsym_forward_eval_f64_ncs_job;
 
 /* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
@@ -666,10 +800,21 @@ static void bnsym_forward_eval_f64_ncs_part(const bnsym_forward_eval_f64_ncs_job
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
-                int64_t n, cc;
-                for (n = n0; n < n1; ++n)
-                    for (cc = c0; cc < c1; ++cc)
-                        bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                int64_t n;
+                if (S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop) */
+                    int64_t cc;
+                    for (n = n0; n < n1; ++n)
+                        for (cc = c0; cc < c1; ++cc)
+                            bnsym_forward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
+                } else {
+                    /* very short strips: the group's strips of a sample as one row of
+                     * (c1 - c0) * S lanes */
+                    double *lanes = p->glanes + (size_t)tid * 3 * (size_t)(Cg * S);
+                    bnsym_forward_eval_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
+                    for (n = n0; n < n1; ++n)
+                        bnsym_forward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
                 bnsym_forward_eval_f64_elements_ncs(a, q % C, q * S + s0, (S - s0 < sb) ? S - s0 : sb);
@@ -694,7 +839,13 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     const int need_elem = 1;
     int64_t c;
     bnsym_forward_eval_f64_ncs_job job;
+    double *glanes = NULL;
     const int cmaj = 0;
+    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
+        glanes = (double *)bnsym_alloc((size_t)nt * 3 * (size_t)(Cg * S), sizeof(double));
+        if (glanes == NULL)
+            return -1;
+    }
     {
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
@@ -712,12 +863,14 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     job.need_elem = need_elem;
     job.cmaj = cmaj;
     job.nt = nt;
+    job.glanes = glanes;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
         bnsym_forward_eval_f64_ncs_part(&job, BNSYM_TID(), BNSYM_NTHR());
     } else {
         bnsym_forward_eval_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
+    free(glanes);
     return 0;
 }
 
@@ -753,7 +906,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     const int need_elem = 1;
     double *lanes = NULL;
     bnsym_forward_eval_f64_rows_job job;
-    int64_t c, j;
+    int64_t c;
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
@@ -765,12 +918,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
             a->red[c] = 0.0;
         bnsym_forward_eval_f64_channels(a, 0, a->C);
         if (need_elem)
-            for (j = 0; j < Le; j += C)
-                for (c = 0; c < C; ++c) {
-                    lanes[0 * Le + j + c] = a->coef[0 * C + c];
-                    lanes[1 * Le + j + c] = a->coef[1 * C + c];
-                    lanes[2 * Le + j + c] = a->coef[2 * C + c];
-                }
+            bnsym_forward_eval_f64_coef_lanes(a, lanes, Le, 0, C, 1);
     }
     job.a = a;
     job.lanes = lanes;

@@ -158,7 +158,7 @@ def test_float64_offset(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype,big", [(F32, 1e20), (F32, 1e30), (F64, 1e150)])
-@pytest.mark.parametrize("shape", [(2, 1), (6, 3, 17), (64, 2)])
+@pytest.mark.parametrize("shape", [(2, 1), (6, 3, 17), (64, 2), (10, 3, 5)])
 def test_huge_forward(layout, dtype, big, shape):
     """|x| ~ 1e20..1e30 in float32: the variance (1e40..1e60) exceeds float32 but not the
     double accumulators: save_invstd finite and right, y right (1e150 in float64: 1e300 still
@@ -181,7 +181,7 @@ def test_huge_forward(layout, dtype, big, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m_shape,layout", [((2, 1), "ncs"), ((2, 3, 1), "ncs"), ((2, 3, 1), "nsc"),
-                                            ((5, 2, 7), "ncs"), ((5, 2, 7), "nsc")])
+                                            ((5, 2, 7), "ncs"), ((5, 2, 7), "nsc"), ((9, 2, 5), "ncs")])
 def test_huge_backward(layout, dtype, m_shape):
     """Backward at |x| ~ 1e30 (float32) / 1e150 (float64) with unit and huge grad_output:
     the gradient is finite and right. Per-channel coefficients such as gamma*invstd**3*sum
