@@ -207,6 +207,28 @@ def _chan(a, name, dt, C, inplace=False):
     return _checks.channel_array(a, name, dt, C, inplace=inplace)
 
 
+def _out(o, name, shape, dt, layout, perm=None):
+    """An ``out=`` array: the inline test, else _checks.out_array (explains)."""
+    if (type(o) is _ndarray and o.dtype is dt and o.shape == shape and (f := o.flags).writeable
+            and (f.c_contiguous if perm is None else o.transpose(perm).flags.c_contiguous)):
+        return o
+    return _checks.out_array(o, name, shape, dt, layout, perm)
+
+
+def _apart(arrays) -> bool:
+    """True when the arrays given (None skipped) are distinct objects that all own their memory:
+    distinct allocations never overlap, which is decided here without comparing addresses."""
+    n = 0
+    ids = set()
+    for a in arrays:
+        if a is not None:
+            if not a.flags.owndata:
+                return False
+            ids.add(id(a))
+            n += 1
+    return len(ids) == n
+
+
 def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return np.empty_like(x) if layout == "nsc" else np.empty(x.shape, x.dtype)
 
@@ -288,9 +310,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             out = _checks.out_array(out, "out", shape, dt, layout, perm)
     if training and want_save:
         if save_mean is not None:
-            save_mean = _checks.out_array(save_mean, "save_mean", cs, dt, "ncs")
+            save_mean = _out(save_mean, "save_mean", cs, dt, "ncs")
         if save_invstd is not None:
-            save_invstd = _checks.out_array(save_invstd, "save_invstd", cs, dt, "ncs")
+            save_invstd = _out(save_invstd, "save_invstd", cs, dt, "ncs")
     else:
         save_mean = save_invstd = None
 
@@ -348,7 +370,10 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             if save_invstd is None:
                 save_invstd = np.empty(C, dt)
             psi = fb(save_invstd)
-            if user_sm or user_si:
+            if (user_sm or user_si) and not (
+                    own and own_out and _apart((save_mean if user_sm else None,
+                                                save_invstd if user_si else None,
+                                                x, out, w, b, rm, rv))):
                 ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
                        ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
                        ("save_invstd", psi))
@@ -572,19 +597,22 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
             if o is not None and not m:
                 raise ValueError(f"out[{i}] ({name}) is given but output_mask[{i}] is False")
         if gi is not None:
-            gi = _checks.out_array(gi, "out[0] (grad_input)", shape, dt, layout, perm)
+            gi = _out(gi, "out[0] (grad_input)", shape, dt, layout, perm)
         if gw is not None:
-            gw = _checks.out_array(gw, "out[1] (grad_weight)", (C,), dt, "ncs")
+            gw = _out(gw, "out[1] (grad_weight)", (C,), dt, "ncs")
         if gb is not None:
-            gb = _checks.out_array(gb, "out[2] (grad_bias)", (C,), dt, "ncs")
+            gb = _out(gb, "out[2] (grad_bias)", (C,), dt, "ncs")
         sa_name, sb_name = (("save_mean", "save_invstd") if training
                             else ("running_mean", "running_var"))
-        _checks.no_overlap(
-            [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
-            [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),
-             ("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
-            allow_alias={("grad_input", "grad_output")},
-        )
+        # the operands may share objects among themselves (nothing writes them)
+        if not _apart((gi, gw, gb, x0, dy0 if dy0 is not x0 else None, w,
+                       sa, sb if sb is not sa else None)):
+            _checks.no_overlap(
+                [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
+                [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),
+                 ("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
+                allow_alias={("grad_input", "grad_output")},
+            )
     # grad_output in the kernel's layout.
     if layout == "nsc":
         if not dy.transpose(perm).flags.c_contiguous:

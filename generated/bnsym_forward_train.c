@@ -828,12 +828,12 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
          * values when it is shorter) */
         const int64_t want = (BNSYM_PREFIX * LC + L - 1) / L; /* super-rows */
+        const int64_t ns = (nseg < want) ? nseg : want;
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f32_set_shifts(p, Ls, LC, R);
+        bnsym_forward_train_f32_set_shifts(p, (seg_len == L && BNSYM_STRIPS(ns, R)) ? 0 : L, LC, R);
         if (seg_len == L) {
-            const int64_t ns = (nseg < want) ? nseg : want;
             bnsym_forward_train_f32_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
         } else if (nq > 0) {
@@ -2025,12 +2025,12 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
         /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
          * values when it is shorter) */
         const int64_t want = (BNSYM_PREFIX * LC + L - 1) / L; /* super-rows */
+        const int64_t ns = (nseg < want) ? nseg : want;
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f64_set_shifts(p, Ls, LC, R);
+        bnsym_forward_train_f64_set_shifts(p, (seg_len == L && BNSYM_STRIPS(ns, R)) ? 0 : L, LC, R);
         if (seg_len == L) {
-            const int64_t ns = (nseg < want) ? nseg : want;
             bnsym_forward_train_f64_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
         } else if (nq > 0) {

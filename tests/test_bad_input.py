@@ -248,6 +248,20 @@ def test_forward_save_outputs_checked(backend):
     np.testing.assert_array_equal(kw["running_mean"], rm0)
 
 
+@pytest.mark.parametrize("save", ["save_mean", "save_invstd"])
+@pytest.mark.parametrize("other", ["weight", "running_var"])
+def test_forward_save_output_a_view_of_an_operand(save, other, backend):
+    # A save output that does not own its memory (here a view of another operand) must be
+    # compared by address: owning arrays only are decided apart by identity.
+    kw = _args()
+    before = _snapshot({k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
+    with pytest.raises(ValueError, match=f"{save} overlaps {other}"):
+        bnsym.batch_norm_forward(kw["input"], kw["weight"], kw["bias"], kw["running_mean"],
+                                 kw["running_var"], True, 0.1, 1e-5, backend=backend,
+                                 **{save: kw[other][::-1][::-1]})
+    _unchanged(before, {k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
+
+
 # --------------------------------------------------------------------------- backward
 
 
@@ -327,6 +341,19 @@ def test_backward_out_overlaps(backend):
         bnsym.batch_norm_backward(backend=backend, out=(None, None, w), **kw)
     _unchanged(before, {"x": x, "w": w})
     np.testing.assert_array_equal(shared, 0.0)
+
+
+@pytest.mark.parametrize("slot,name", [(1, "grad_weight"), (2, "grad_bias")])
+@pytest.mark.parametrize("other", ["weight", "save_mean", "save_invstd"])
+def test_backward_out_a_view_of_an_operand(slot, name, other, backend):
+    # an output that is a view of an operand (it does not own its memory) is compared by address
+    kw = _bwd_args()
+    before = _snapshot({k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
+    out = [None, None, None]
+    out[slot] = kw[other][:]
+    with pytest.raises(ValueError, match=f"{name} overlaps {other}"):
+        bnsym.batch_norm_backward(backend=backend, out=tuple(out), **kw)
+    _unchanged(before, {k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
 
 
 def test_bad_eps_backward(backend):
