@@ -48,6 +48,9 @@
  * of the group side by side as up to BNSYM_GROUP_LANES lanes. */
 #define BNSYM_SMALL_S 256
 #define BNSYM_GROUP_LANES 2048
+/* Samples per unit of short strips, at least: a unit's lanes are zeroed, filled and folded
+ * once for all of them. */
+#define BNSYM_GROUP_ROWS 32
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
 /* Bytes of the arrays a reduction reads (the input; grad_output and input for a backward) above
@@ -1250,7 +1253,7 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     /* short strips: groups of Cg channels, blocks of RBn samples */
     const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
     const int64_t ng = (C + Cg - 1) / Cg;
-    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = 1;
     const int need_elem = 1;
@@ -2400,7 +2403,7 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     /* short strips: groups of Cg channels, blocks of RBn samples */
     const int64_t Cg = (BNSYM_GROUP_LANES / S < 1) ? 1 : (BNSYM_GROUP_LANES / S < C ? BNSYM_GROUP_LANES / S : C);
     const int64_t ng = (C + Cg - 1) / Cg;
-    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > 8) ? BNSYM_BLOCK * 2 / (Cg * S) : 8;
+    const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
     const int need_red = 1;
     const int need_elem = 1;

@@ -20,7 +20,7 @@ F32, F64 = np.float32, np.float64
 # (12, 64, 5, 7) channels-last: the double reduction pass row by row over whole super-rows.
 SHAPES = [
     (2, 1), (3, 1), (5, 3), (64, 19), (7, 5, 1), (1, 4, 3), (3, 17, 5), (2, 3, 1, 1),
-    (2, 5, 3, 7), (4, 3, 2, 3, 5), (8, 33, 17, 9), (12, 64, 5, 7), (9, 150, 3, 5),
+    (2, 5, 3, 7), (4, 3, 2, 3, 5), (8, 33, 17, 9), (12, 64, 5, 7), (35, 150, 3, 5),
 ]
 LAYOUTS = ["ncs", "nsc", "strided"]
 BACKENDS = ["c", "numpy"]
