@@ -229,6 +229,16 @@ def _apart(arrays) -> bool:
     return len(ids) == n
 
 
+def _apart_from(a, others) -> bool:
+    """True when ``a`` owns its memory and is none of ``others`` (which own theirs)."""
+    if not a.flags.owndata:
+        return False
+    for o in others:
+        if o is a:
+            return False
+    return True
+
+
 def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return np.empty_like(x) if layout == "nsc" else np.empty(x.shape, x.dtype)
 
@@ -370,10 +380,12 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             if save_invstd is None:
                 save_invstd = np.empty(C, dt)
             psi = fb(save_invstd)
+            # (with ``own`` and ``own_out``, a save output that owns its memory and is no other
+            # operand overlaps none)
             if (user_sm or user_si) and not (
-                    own and own_out and _apart((save_mean if user_sm else None,
-                                                save_invstd if user_si else None,
-                                                x, out, w, b, rm, rv))):
+                    own and own_out
+                    and (not user_sm or _apart_from(save_mean, (x, out, w, b, rm, rv, save_invstd)))
+                    and (not user_si or _apart_from(save_invstd, (x, out, w, b, rm, rv)))):
                 ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
                        ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
                        ("save_invstd", psi))
