@@ -86,7 +86,9 @@
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
-#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
+/* Kernels whose sums need no shift (no second pass) also sum strip by strip when the rows are
+ * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values. */
+#define BNSYM_STRIP_S 128
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
@@ -753,13 +755,22 @@ static void bnsym_backward_eval_f32_strips(const bnsym_backward_eval_f32_ctx *a,
     }
 }
 
+/* Whether nseg rows of short strips of R values are summed strip by strip (bnsym_backward_eval_f32_strips)
+ * rather than in lanes, whose upkeep per value falls as 1/nseg: few rows, or rows no
+ * more than R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S (long strips: a vector loop per strip costs
+ * less). */
+static int bnsym_backward_eval_f32_by_strips(int64_t nseg, int64_t R)
+{
+    return R > 1 && (nseg < BNSYM_STRIP_ROWS || nseg * BNSYM_STRIP_S <= R * BNSYM_STRIP_ROWS);
+}
+
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
  * (a few rows of short strips: bnsym_backward_eval_f32_strips instead). */
 static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
-    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+    if (bnsym_backward_eval_f32_by_strips(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_backward_eval_f32_strips(a, p, base, nseg, stride, LC, R);
         return;
     }
@@ -1090,7 +1101,7 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                bnsym_backward_eval_f32_set_rin(a, &sc[tid], BNSYM_STRIPS(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
+                bnsym_backward_eval_f32_set_rin(a, &sc[tid], bnsym_backward_eval_f32_by_strips(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
                 bnsym_backward_eval_f32_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                     LC * S, LC, S);
             } else {
@@ -1840,13 +1851,22 @@ static void bnsym_backward_eval_f64_strips(const bnsym_backward_eval_f64_ctx *a,
     }
 }
 
+/* Whether nseg rows of short strips of R values are summed strip by strip (bnsym_backward_eval_f64_strips)
+ * rather than in lanes, whose upkeep per value falls as 1/nseg: few rows, or rows no
+ * more than R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S (long strips: a vector loop per strip costs
+ * less). */
+static int bnsym_backward_eval_f64_by_strips(int64_t nseg, int64_t R)
+{
+    return R > 1 && (nseg < BNSYM_STRIP_ROWS || nseg * BNSYM_STRIP_S <= R * BNSYM_STRIP_ROWS);
+}
+
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
  * (a few rows of short strips: bnsym_backward_eval_f64_strips instead). */
 static void bnsym_backward_eval_f64_block_sums(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
-    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+    if (bnsym_backward_eval_f64_by_strips(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_backward_eval_f64_strips(a, p, base, nseg, stride, LC, R);
         return;
     }
@@ -2074,7 +2094,7 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, LC = (c0 + Cg < C) ? Cg : C - c0;
-                bnsym_backward_eval_f64_set_rin(a, &sc[tid], BNSYM_STRIPS(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
+                bnsym_backward_eval_f64_set_rin(a, &sc[tid], bnsym_backward_eval_f64_by_strips(n1 - n0, S) ? 0 : LC * S, c0, LC, S);
                 bnsym_backward_eval_f64_reduce_block(a, &st[tid], c0, &sc[tid], (n0 * C + c0) * S, n1 - n0, C * S, LC * S,
                     LC * S, LC, S);
             } else {

@@ -86,7 +86,9 @@
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
-#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
+/* Kernels whose sums need no shift (no second pass) also sum strip by strip when the rows are
+ * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values. */
+#define BNSYM_STRIP_S 128
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use

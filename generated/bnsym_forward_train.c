@@ -86,7 +86,9 @@
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
-#define BNSYM_STRIPS(nseg, R) ((R) > 1 && (nseg) < BNSYM_STRIP_ROWS)
+/* Kernels whose sums need no shift (no second pass) also sum strip by strip when the rows are
+ * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values. */
+#define BNSYM_STRIP_S 128
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4
 /* Terms a lane sums in the array type before adding the partial sum in double (the kernels use
@@ -713,13 +715,20 @@ static void bnsym_forward_train_f32_strips(const bnsym_forward_train_f32_ctx *a,
     }
 }
 
+/* Whether nseg rows of short strips of R values are summed strip by strip (bnsym_forward_train_f32_strips)
+ * rather than in lanes, whose upkeep per value falls as 1/nseg: few rows. */
+static int bnsym_forward_train_f32_by_strips(int64_t nseg, int64_t R)
+{
+    return R > 1 && (nseg < BNSYM_STRIP_ROWS);
+}
+
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
  * (a few rows of short strips: bnsym_forward_train_f32_strips instead). */
 static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
-    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+    if (bnsym_forward_train_f32_by_strips(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_forward_train_f32_strips(a, p, base, nseg, stride, LC, R);
         return;
     }
@@ -823,7 +832,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     int fresh = 0, recentered = 0;
     const int use_t = 1;
     /* the shifts' lanes (none when every sum below is taken strip by strip) */
-    const int64_t Ls = (BNSYM_STRIPS(nseg, R) && seg_len == L) ? 0 : L;
+    const int64_t Ls = (bnsym_forward_train_f32_by_strips(nseg, R) && seg_len == L) ? 0 : L;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -835,7 +844,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f32_set_shifts(p, (seg_len == L && BNSYM_STRIPS(ns, R)) ? 0 : L, LC, R);
+        bnsym_forward_train_f32_set_shifts(p, (seg_len == L && bnsym_forward_train_f32_by_strips(ns, R)) ? 0 : L, LC, R);
         if (seg_len == L) {
             bnsym_forward_train_f32_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
@@ -1955,13 +1964,20 @@ static void bnsym_forward_train_f64_strips(const bnsym_forward_train_f64_ctx *a,
     }
 }
 
+/* Whether nseg rows of short strips of R values are summed strip by strip (bnsym_forward_train_f64_strips)
+ * rather than in lanes, whose upkeep per value falls as 1/nseg: few rows. */
+static int bnsym_forward_train_f64_by_strips(int64_t nseg, int64_t R)
+{
+    return R > 1 && (nseg < BNSYM_STRIP_ROWS);
+}
+
 /* Zero the lane accumulators, run the pass over the nseg segments, fold lanes to channels
  * (a few rows of short strips: bnsym_forward_train_f64_strips instead). */
 static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx *a, bnsym_forward_train_f64_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, int use_t)
 {
     int64_t g, j;
-    if (BNSYM_STRIPS(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
+    if (bnsym_forward_train_f64_by_strips(nseg, R) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_forward_train_f64_strips(a, p, base, nseg, stride, LC, R);
         return;
     }
@@ -2020,7 +2036,7 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     int fresh = 0, recentered = 0;
     const int use_t = 0;
     /* the shifts' lanes (none when every sum below is taken strip by strip) */
-    const int64_t Ls = (BNSYM_STRIPS(nseg, R) && seg_len == L) ? 0 : L;
+    const int64_t Ls = (bnsym_forward_train_f64_by_strips(nseg, R) && seg_len == L) ? 0 : L;
     for (c = 0; c < LC; ++c)
         if (st->cnt[c0 + c] == 0.0)
             fresh = 1;
@@ -2032,7 +2048,7 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
         double cnt;
         for (c = 0; c < 1 * LC; ++c)
             p->shift[c] = 0.0;
-        bnsym_forward_train_f64_set_shifts(p, (seg_len == L && BNSYM_STRIPS(ns, R)) ? 0 : L, LC, R);
+        bnsym_forward_train_f64_set_shifts(p, (seg_len == L && bnsym_forward_train_f64_by_strips(ns, R)) ? 0 : L, LC, R);
         if (seg_len == L) {
             bnsym_forward_train_f64_block_sums(a, p, base, ns, stride, seg_len, L, LC, R, 1, 0, use_t);
             cnt = (double)(ns * L / LC);
