@@ -660,13 +660,11 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
     }
 }
 
-/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes (lane j: channel
- * c0 + (j / R) % LC), in double and as the float pass reads them; L = 0 for
- * bnsym_backward_eval_f32_strips, which reads them per channel. */
-static void bnsym_backward_eval_f32_set_rin(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+/* The double lanes of the reduction inputs of channels c0 .. c0 + LC - 1 (lane j: channel
+ * c0 + (j / R) % LC), which the double pass reads. */
+static void bnsym_backward_eval_f32_set_rin_d(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    p->rin_c0 = c0;
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -676,6 +674,18 @@ static void bnsym_backward_eval_f32_set_rin(const bnsym_backward_eval_f32_ctx *a
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
             }
+        }
+}
+
+/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes as the float pass reads
+ * them (the double lanes are set by bnsym_backward_eval_f32_set_rin_d before a double pass); L = 0 for
+ * bnsym_backward_eval_f32_strips, which reads them per channel. */
+static void bnsym_backward_eval_f32_set_rin(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    p->rin_c0 = c0;
+    for (u = 0; u < L; u += LC * R)
+        for (c = 0; c < LC; ++c) {
             {
                 const double bn_v = a->rin[0 * a->C + c0 + c];
                 const float bn_w = (float)(bn_v);
@@ -812,6 +822,7 @@ static void bnsym_backward_eval_f32_t_fallback(const bnsym_backward_eval_f32_ctx
         return;
     for (k = 0; k < 2 * LC; ++k)
         p->bsave[k] = p->bacc[k];
+    bnsym_backward_eval_f32_set_rin_d(a, p, L, p->rin_c0, LC, R);
     bnsym_backward_eval_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (k = 0; k < 2; ++k)
         for (c = 0; c < LC; ++c)
@@ -900,6 +911,7 @@ static void bnsym_backward_eval_f32_ncs_range(const bnsym_backward_eval_f32_ctx 
         if (0 || !bnsym_stat_t_ok_sum(sc->bacc[0], st->cnt[c]) || !bnsym_stat_t_ok_sum(sc->bacc[1], st->cnt[c])) {
             /* sum the channel's units again in double: a float sum is not usable */
             bnsym_backward_eval_f32_set_rin(a, sc, L, c, 1, L);
+            bnsym_backward_eval_f32_set_rin_d(a, sc, L, c, 1, L);
             for (j = 0; j < 2 * L; ++j)
                 lanes_c[j] = 0.0;
             sc->acc = lanes_c;
@@ -1772,13 +1784,11 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
     }
 }
 
-/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes (lane j: channel
- * c0 + (j / R) % LC); L = 0 for
- * bnsym_backward_eval_f64_strips, which reads them per channel. */
-static void bnsym_backward_eval_f64_set_rin(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+/* The double lanes of the reduction inputs of channels c0 .. c0 + LC - 1 (lane j: channel
+ * c0 + (j / R) % LC), which the double pass reads. */
+static void bnsym_backward_eval_f64_set_rin_d(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    p->rin_c0 = c0;
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -1789,6 +1799,14 @@ static void bnsym_backward_eval_f64_set_rin(const bnsym_backward_eval_f64_ctx *a
                     bn_l[r] = bn_v;
             }
         }
+}
+
+/* The reduction inputs of channels c0 .. c0 + LC - 1: their L lanes; L = 0 for
+ * bnsym_backward_eval_f64_strips, which reads them per channel. */
+static void bnsym_backward_eval_f64_set_rin(const bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
+{
+    p->rin_c0 = c0;
+    bnsym_backward_eval_f64_set_rin_d(a, p, L, c0, LC, R);
 }
 
 /* Fold lane accumulators acc[k][L] into per-channel sums bacc[k][LC] (lane j: channel
