@@ -751,8 +751,34 @@ static void bnsym_forward_train_f32_block_sums(const bnsym_forward_train_f32_ctx
 }
 
 
+/* The double lanes of the shifts (lane j: shift[(j / R) % LC]), which the double pass reads. */
+static void bnsym_forward_train_f32_set_shifts_d(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC, int64_t R)
+{
+    int64_t u, c, r;
+    if (R == 1) {
+        for (u = 0; u < L; u += LC) {
+            double *bn_l = p->lane + 0 * L + u;
+            const double *bn_s = p->shift + 0 * LC;
+            BNSYM_SIMD
+            for (c = 0; c < LC; ++c)
+                bn_l[c] = bn_s[c];
+        }
+    } else {
+        for (u = 0; u < L; u += LC * R)
+            for (c = 0; c < LC; ++c) {
+                double *bn_l = p->lane + 0 * L + u + c * R;
+                const double bn_v = p->shift[0 * LC + c];
+                BNSYM_SIMD
+                for (r = 0; r < R; ++r)
+                    bn_l[r] = bn_v;
+            }
+    }
+}
+
 /* The per-lane shifts from the per-channel ones; a shift that is not finite (a channel holding
- * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values. */
+ * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values (and rounded to
+ * float). Lanes: L, as the float pass reads them (the double lanes are set by
+ * bnsym_forward_train_f32_set_shifts_d before a double pass). */
 static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
@@ -763,32 +789,20 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
     }
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
-            double *bn_l = p->lane + 0 * L + u;
             const double *bn_s = p->shift + 0 * LC;
+            float *bn_lt = p->lanet + (0 + 0) * L + u;
             BNSYM_SIMD
             for (c = 0; c < LC; ++c)
-                bn_l[c] = bn_s[c];
-            {
-                float *bn_lt = p->lanet + (0 + 0) * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_lt[c] = (float)bn_s[c];
-            }
+                bn_lt[c] = (float)bn_s[c];
         }
     } else {
         for (u = 0; u < L; u += LC * R)
             for (c = 0; c < LC; ++c) {
-                double *bn_l = p->lane + 0 * L + u + c * R;
-                const double bn_v = p->shift[0 * LC + c];
+                const float bn_v = (float)p->shift[0 * LC + c];
+                float *bn_lt = p->lanet + (0 + 0) * L + u + c * R;
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
-                    bn_l[r] = bn_v;
-                {
-                    float *bn_lt = p->lanet + (0 + 0) * L + u + c * R;
-                    BNSYM_SIMD
-                    for (r = 0; r < R; ++r)
-                        bn_lt[r] = (float)bn_v;
-                }
+                    bn_lt[r] = bn_v;
             }
     }
 }
@@ -811,6 +825,7 @@ static void bnsym_forward_train_f32_t_fallback(const bnsym_forward_train_f32_ctx
         return;
     for (k = 0; k < 2 * LC; ++k)
         p->bsave[k] = p->bacc[k];
+    bnsym_forward_train_f32_set_shifts_d(p, L, LC, R);
     bnsym_forward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
     for (k = 0; k < 2; ++k)
         for (c = 0; c < LC; ++c)
@@ -976,6 +991,7 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
             /* sum the channel's units again, in double, shifted by the mean just estimated */
             sc->shift[0] = bnsym_stat_block_mean(cshift[0 * C + c], sc->bacc[0], st->cnt[c]);
             bnsym_forward_train_f32_set_shifts(sc, L, 1, L);
+            bnsym_forward_train_f32_set_shifts_d(sc, L, 1, L);
             cshift[0 * C + c] = sc->shift[0];
             for (j = 0; j < 2 * L; ++j)
                 lanes_c[j] = 0.0;
@@ -1993,15 +2009,10 @@ static void bnsym_forward_train_f64_block_sums(const bnsym_forward_train_f64_ctx
 }
 
 
-/* The per-lane shifts from the per-channel ones; a shift that is not finite (a channel holding
- * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values. */
-static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
+/* The double lanes of the shifts (lane j: shift[(j / R) % LC]), which the double pass reads. */
+static void bnsym_forward_train_f64_set_shifts_d(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    for (c = 0; c < 1 * LC; ++c) {
-        if (!isfinite(p->shift[c]))
-            p->shift[c] = 0.0;
-    }
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
             double *bn_l = p->lane + 0 * L + u;
@@ -2020,6 +2031,18 @@ static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *
                     bn_l[r] = bn_v;
             }
     }
+}
+
+/* The per-lane shifts from the per-channel ones; a shift that is not finite (a channel holding
+ * an infinity) is replaced by 0, so that the sums stay IEEE sums of the values. Lanes: L. */
+static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
+{
+    int64_t c;
+    for (c = 0; c < 1 * LC; ++c) {
+        if (!isfinite(p->shift[c]))
+            p->shift[c] = 0.0;
+    }
+    bnsym_forward_train_f64_set_shifts_d(p, L, LC, R);
 }
 
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
