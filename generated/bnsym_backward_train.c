@@ -51,6 +51,8 @@
 /* Samples per unit of short strips, at least: a unit's lanes are zeroed, filled and folded
  * once for all of them. */
 #define BNSYM_GROUP_ROWS 32
+/* Samples per unit of the short-strip element pass, at least. */
+#define BNSYM_ELEM_ROWS 8
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
 #define BNSYM_CHANNEL_LANES_MAX (1 << 19)
 /* Bytes of the arrays a reduction reads (the input; grad_output and input for a backward) above
@@ -981,7 +983,7 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
 }
 
 /* Element pass (float) over len contiguous values of channel c starting at off. */
-static void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32_ctx *a, int64_t c, int64_t off, int64_t len)
+static inline void bnsym_backward_train_f32_elements_ncs(const bnsym_backward_train_f32_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
     if (a->wflag[c] != 0.0) {
@@ -1170,6 +1172,7 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
 typedef struct {
     bnsym_backward_train_f32_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
+    int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
     int grouped, need_red, need_elem, cmaj, nt;
     float *glanes;      /* [nt][4][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
@@ -1186,8 +1189,9 @@ static void bnsym_backward_train_f32_ncs_part(const bnsym_backward_train_f32_ncs
 {
     bnsym_backward_train_f32_ctx *a = p->a;
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int64_t ng = p->ng, Cg = p->Cg, nsb = p->nsb, sb = p->sb;
     const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int64_t units = p->units, RBn = p->RBn;
     const int need_red = p->need_red, chan_lanes = p->chan_lanes;
     const int64_t L = p->L;
     const size_t csz = p->csz;
@@ -1244,10 +1248,11 @@ static void bnsym_backward_train_f32_ncs_part(const bnsym_backward_train_f32_ncs
         BNSYM_BARRIER(nthr);
     }
     if (need_elem && !cmaj) {
-        for (u = u0; u < u1; ++u) {
+        const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        for (u = e0; u < e1; ++u) {
             if (grouped) {
-                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
                 if (a->use_wide || S >= BNSYM_ELEM_LANES_S) {
                     /* strip by strip (strips long enough for a vector loop, or some channels
@@ -1284,6 +1289,10 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     const int64_t ng = (C + Cg - 1) / Cg;
     const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
+    /* the element pass: fewer samples per unit (each unit's runs of strips continue the
+     * previous unit's, in address order) */
+    const int64_t RBe = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
+    const int64_t units_e = grouped ? ((N + RBe - 1) / RBe) * ng : units;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
@@ -1331,6 +1340,8 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     }
     job.a = a;
     job.units = units;
+    job.units_e = units_e;
+    job.RBe = RBe;
     job.ng = ng;
     job.Cg = Cg;
     job.RBn = RBn;
@@ -2116,7 +2127,7 @@ static void bnsym_backward_train_f64_ncs_range(const bnsym_backward_train_f64_ct
 }
 
 /* Element pass (double) over len contiguous values of channel c starting at off. */
-static void bnsym_backward_train_f64_elements_ncs(const bnsym_backward_train_f64_ctx *a, int64_t c, int64_t off, int64_t len)
+static inline void bnsym_backward_train_f64_elements_ncs(const bnsym_backward_train_f64_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
     const double dx_k0_t = a->coef[0 * a->C + c];
@@ -2269,6 +2280,7 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
 typedef struct {
     bnsym_backward_train_f64_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
+    int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
     int grouped, need_red, need_elem, cmaj, nt;
     double *glanes;      /* [nt][5][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
@@ -2285,8 +2297,9 @@ static void bnsym_backward_train_f64_ncs_part(const bnsym_backward_train_f64_ncs
 {
     bnsym_backward_train_f64_ctx *a = p->a;
     const int64_t N = a->N, C = a->C, S = a->S;
-    const int64_t units = p->units, ng = p->ng, Cg = p->Cg, RBn = p->RBn, nsb = p->nsb, sb = p->sb;
+    const int64_t ng = p->ng, Cg = p->Cg, nsb = p->nsb, sb = p->sb;
     const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    const int64_t units = p->units, RBn = p->RBn;
     const int need_red = p->need_red, chan_lanes = p->chan_lanes;
     const int64_t L = p->L;
     const size_t csz = p->csz;
@@ -2342,10 +2355,11 @@ static void bnsym_backward_train_f64_ncs_part(const bnsym_backward_train_f64_ncs
         BNSYM_BARRIER(nthr);
     }
     if (need_elem && !cmaj) {
-        for (u = u0; u < u1; ++u) {
+        const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        for (u = e0; u < e1; ++u) {
             if (grouped) {
-                const int64_t n0 = (u / ng) * RBn, c0 = (u % ng) * Cg;
-                const int64_t n1 = (n0 + RBn < N) ? n0 + RBn : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
+                const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
+                const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
                 if (S >= BNSYM_ELEM_LANES_S) {
                     /* strip by strip (strips long enough for a vector loop) */
@@ -2381,6 +2395,10 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     const int64_t ng = (C + Cg - 1) / Cg;
     const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
+    /* the element pass: fewer samples per unit (each unit's runs of strips continue the
+     * previous unit's, in address order) */
+    const int64_t RBe = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
+    const int64_t units_e = grouped ? ((N + RBe - 1) / RBe) * ng : units;
     const int need_red = a->grad_weight != NULL || a->grad_bias != NULL || a->grad_input != NULL;
     const int need_elem = a->grad_input != NULL;
     int64_t c;
@@ -2427,6 +2445,8 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     }
     job.a = a;
     job.units = units;
+    job.units_e = units_e;
+    job.RBe = RBe;
     job.ng = ng;
     job.Cg = Cg;
     job.RBn = RBn;
