@@ -79,12 +79,14 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
-/* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
- * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
- * folded for only that many values each). */
+/* Strips shorter than this get their element pass a group of channels at a time, the strips of a
+ * sample as one row of lanes (a loop per strip costs more than the values). */
 #ifndef BNSYM_ELEM_LANES_S
 #define BNSYM_ELEM_LANES_S 16
 #endif
+/* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
+ * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
+ * folded for only that many values each). */
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
@@ -1157,7 +1159,9 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
  * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
- * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group);
+ * the reduction's blocks have at least BNSYM_GROUP_ROWS samples (a block of few samples is summed
+ * strip by strip), the element pass's at least BNSYM_ELEM_ROWS.
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
  * are merged in thread order.
  * Channel blocks (long strips with both passes, the arrays the reduction reads larger than
@@ -2332,7 +2336,9 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
 /* Layout ncs, (N, C, S) contiguous, S > 1: strip (n, c) holds the S values of channel c in
  * sample n, at (n*C + c)*S. Long strips: work units are chunks of at most BNSYM_BLOCK values of
  * a strip, in address order. Short strips (S < BNSYM_SMALL_S): a unit is a block of samples of
- * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group).
+ * a group of channels, whose strips are side by side (lane j: channel (j / S) of the group);
+ * the reduction's blocks have at least BNSYM_GROUP_ROWS samples (a block of few samples is summed
+ * strip by strip), the element pass's at least BNSYM_ELEM_ROWS.
  * Thread t takes a contiguous range of units, keeps per-channel summaries, and the summaries
  * are merged in thread order.
  * Channel blocks (long strips with both passes, the arrays the reduction reads larger than
