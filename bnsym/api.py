@@ -598,16 +598,20 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     if backend != "c":
         backend = _checks.backend(backend)
     x0, dy0 = x, dy
-    x, layout, perm = _layout(x)
+    if x.flags.c_contiguous:
+        layout, perm = "ncs", None
+    else:
+        x, layout, perm = _layout(x)
     gi = gw = gb = None
     if out is not None:
         if not (isinstance(out, (tuple, list)) and len(out) == 3):
             raise TypeError("out must be a tuple of 3 arrays or None (grad_input, grad_weight, grad_bias)")
         gi, gw, gb = out
-        for i, (o, m, name) in enumerate(((gi, m0, "grad_input"), (gw, m1, "grad_weight"),
-                                          (gb, m2, "grad_bias"))):
-            if o is not None and not m:
-                raise ValueError(f"out[{i}] ({name}) is given but output_mask[{i}] is False")
+        if (gi is not None and not m0) or (gw is not None and not m1) or (gb is not None and not m2):
+            for i, (o, m, name) in enumerate(((gi, m0, "grad_input"), (gw, m1, "grad_weight"),
+                                              (gb, m2, "grad_bias"))):
+                if o is not None and not m:
+                    raise ValueError(f"out[{i}] ({name}) is given but output_mask[{i}] is False")
         if gi is not None:
             gi = _out(gi, "out[0] (grad_input)", shape, dt, layout, perm)
         if gw is not None:
