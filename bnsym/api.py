@@ -315,9 +315,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         x, layout, perm = _layout(x)
         own = False  # decided by the pointer checks
     if out is not None:
-        if not (type(out) is _ndarray and out.dtype is dt and out.shape == shape
-                and out.flags.writeable and perm is None and out.flags.c_contiguous):
-            out = _checks.out_array(out, "out", shape, dt, layout, perm)
+        out = _out(out, "out", shape, dt, layout, perm)
     if training and want_save:
         if save_mean is not None:
             save_mean = _out(save_mean, "save_mean", cs, dt, "ncs")
