@@ -4,10 +4,12 @@ Two programs are built from ``generated/*.c``: the codegen's own test program
 (``tests/c/test_kernels.c``) and the edge-case driver ``tests/sanitize_edges.c`` (m = 2, C = 1,
 odd sizes, wide rows, every optional pointer NULL, outputs aliasing inputs, skip_nonfinite,
 1-4 threads, both dtypes and layouts, results checked against a double reference), each in
-three configurations of the kernels: ``-O1`` without OpenMP; the production flags ``-O3
--march=native -fopenmp`` (vector code paths and threads); and ``-O3 -fopenmp
+five configurations of the kernels: ``-O1`` without OpenMP; the production flags ``-O3
+-march=native -fopenmp`` (vector code paths and threads); ``-O3 -fopenmp
 -DBNSYM_CACHE_BYTES=0``, which sends every contiguous input through the channel-block schedule
-that normally only inputs over 16 MiB take. The test programs are built at -O1.
+that normally only inputs over 16 MiB take; ``-DBNSYM_SMALL_VALUES=0``, which sends small inputs
+through the lane schedules instead of the small-input one; and, without OpenMP, every input
+through the small-input schedule. The test programs are built at -O1.
 ``-fno-sanitize-recover=all`` turns any UB report into an abort; LeakSanitizer is on. A run
 passes when it exits 0 and prints no sanitizer report.
 
@@ -38,6 +40,12 @@ CONFIGS = {
     # every contiguous input takes the channel-block schedule (normally only those over 16 MiB)
     "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                                  "-DBNSYM_CACHE_BYTES=0"],
+    # small inputs take the lane schedules too (normally they are summed strip by strip as one
+    # block), and larger single-thread inputs the small-input schedule
+    "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+                           "-DBNSYM_SMALL_VALUES=0"],
+    "O3-all-small": ["-O3", "-fno-math-errno", "-fno-trapping-math",
+                     "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SEGS=100000000"],
 }
 PROGRAMS = {
     "test_kernels": ROOT / "tests" / "c" / "test_kernels.c",
