@@ -90,15 +90,19 @@
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
-/* Inputs of at most BNSYM_SMALL_VALUES values in fewer than BNSYM_SMALL_SEGS segments (samples
- * of layout ncs, rows of channels-last) are handled as one block whose channels are summed strip
- * by strip, with one workspace allocation: no lanes to set up, zero and fold, which cost more
- * than such an input's values (with more segments the lanes pay for themselves). */
+/* Inputs of at most BNSYM_SMALL_VALUES values in at most BNSYM_SMALL_SAMPLES samples (layout
+ * ncs, S > 1) or BNSYM_SMALL_ROWS rows (channels-last, or S == 1) are handled as one block whose
+ * channels are summed strip by strip, with one workspace allocation: no lanes to set up, zero
+ * and fold, which cost more than such an input's values. With more samples or rows the lanes
+ * pay for themselves (and many short strips cost more one by one). */
 #ifndef BNSYM_SMALL_VALUES
 #define BNSYM_SMALL_VALUES 4096
 #endif
-#ifndef BNSYM_SMALL_SEGS
-#define BNSYM_SMALL_SEGS 32
+#ifndef BNSYM_SMALL_SAMPLES
+#define BNSYM_SMALL_SAMPLES 8
+#endif
+#ifndef BNSYM_SMALL_ROWS
+#define BNSYM_SMALL_ROWS 32
 #endif
 /* Kernels whose sums need no shift (no second pass) also sum strip by strip when the rows are
  * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values. */
@@ -112,6 +116,14 @@
 #define BNSYM_ROW_LANES 64
 /* Minimum number of elements per thread worth starting a thread for. */
 #define BNSYM_MIN_WORK 32768
+
+/* Whether an input of N samples of C channels of S values takes the small-input schedule (nt
+ * threads; rows: channels-last, or S == 1). */
+static int bnsym_small(int64_t N, int64_t C, int64_t S, int rows, int nt)
+{
+    return nt == 1 && N * C * S <= BNSYM_SMALL_VALUES
+        && (rows ? N * S <= BNSYM_SMALL_ROWS : N <= BNSYM_SMALL_SAMPLES);
+}
 
 static int bnsym_threads(int num_threads, int64_t work)
 {
@@ -1527,12 +1539,12 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     return 0;
 }
 
-/* Small inputs (at most BNSYM_SMALL_VALUES values in fewer than BNSYM_SMALL_SEGS segments, one
- * thread), either layout: the whole input as one block of C channels, each summed strip by strip
- * in double (bnsym_forward_train_f32_strips): layout ncs as N segments of C strips of S values, rows (nsc, or
- * S == 1) as N*S segments of C strips of one value. The same shifts, sums and merge as a block
- * of the other schedules, without their lanes (set up, zeroed and folded for a few values each)
- * and with one allocation. */
+/* Small inputs (bnsym_small: few values, samples or rows; one thread), either layout: the
+ * whole input as one block of C channels, each summed strip by strip in double
+ * (bnsym_forward_train_f32_strips): layout ncs as N segments of C strips of S values, rows (nsc, or S == 1) as
+ * N*S segments of C strips of one value. The same shifts, sums and merge as a block of the
+ * other schedules, without their lanes (set up, zeroed and folded for a few values each) and
+ * with one allocation. */
 static int bnsym_forward_train_f32_run_small(bnsym_forward_train_f32_ctx *a, int rows)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -1651,7 +1663,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 2 * C;
     ctx.wflag = ctx.coefd + 3 * C;
     ctx.use_wide = 0;
-    if (nt == 1 && N * C * S <= BNSYM_SMALL_VALUES && N < BNSYM_SMALL_SEGS)
+    if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_forward_train_f32_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_forward_train_f32_run_rows(&ctx, nt) : bnsym_forward_train_f32_run_ncs(&ctx, nt);
@@ -1736,7 +1748,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 2 * C;
     ctx.wflag = ctx.coefd + 3 * C;
     ctx.use_wide = 0;
-    if (nt == 1 && N * C * S <= BNSYM_SMALL_VALUES && N * S < BNSYM_SMALL_SEGS)
+    if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_forward_train_f32_run_small(&ctx, 1);
     else
         status = bnsym_forward_train_f32_run_rows(&ctx, nt);
@@ -2773,12 +2785,12 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     return 0;
 }
 
-/* Small inputs (at most BNSYM_SMALL_VALUES values in fewer than BNSYM_SMALL_SEGS segments, one
- * thread), either layout: the whole input as one block of C channels, each summed strip by strip
- * in double (bnsym_forward_train_f64_strips): layout ncs as N segments of C strips of S values, rows (nsc, or
- * S == 1) as N*S segments of C strips of one value. The same shifts, sums and merge as a block
- * of the other schedules, without their lanes (set up, zeroed and folded for a few values each)
- * and with one allocation. */
+/* Small inputs (bnsym_small: few values, samples or rows; one thread), either layout: the
+ * whole input as one block of C channels, each summed strip by strip in double
+ * (bnsym_forward_train_f64_strips): layout ncs as N segments of C strips of S values, rows (nsc, or S == 1) as
+ * N*S segments of C strips of one value. The same shifts, sums and merge as a block of the
+ * other schedules, without their lanes (set up, zeroed and folded for a few values each) and
+ * with one allocation. */
 static int bnsym_forward_train_f64_run_small(bnsym_forward_train_f64_ctx *a, int rows)
 {
     const int64_t N = a->N, C = a->C, S = a->S;
@@ -2893,7 +2905,7 @@ int bnsym_forward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
-    if (nt == 1 && N * C * S <= BNSYM_SMALL_VALUES && N < BNSYM_SMALL_SEGS)
+    if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_forward_train_f64_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_forward_train_f64_run_rows(&ctx, nt) : bnsym_forward_train_f64_run_ncs(&ctx, nt);
@@ -2975,7 +2987,7 @@ int bnsym_forward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
-    if (nt == 1 && N * C * S <= BNSYM_SMALL_VALUES && N * S < BNSYM_SMALL_SEGS)
+    if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_forward_train_f64_run_small(&ctx, 1);
     else
         status = bnsym_forward_train_f64_run_rows(&ctx, nt);

@@ -45,7 +45,8 @@ CONFIGS = {
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                            "-DBNSYM_SMALL_VALUES=0"],
     "O3-all-small": ["-O3", "-fno-math-errno", "-fno-trapping-math",
-                     "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SEGS=100000000"],
+                     "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SAMPLES=100000000",
+                     "-DBNSYM_SMALL_ROWS=100000000"],
 }
 PROGRAMS = {
     "test_kernels": ROOT / "tests" / "c" / "test_kernels.c",
