@@ -41,9 +41,10 @@ CONFIGS = {
     "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                                  "-DBNSYM_CACHE_BYTES=0"],
     # small inputs take the lane schedules too (normally they are summed strip by strip as one
-    # block), and larger single-thread inputs the small-input schedule
+    # block)
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                            "-DBNSYM_SMALL_VALUES=0"],
+    # every input (one thread: no OpenMP) takes the small-input schedule
     "O3-all-small": ["-O3", "-fno-math-errno", "-fno-trapping-math",
                      "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SAMPLES=100000000",
                      "-DBNSYM_SMALL_ROWS=100000000"],
