@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bnsym.h"
 
@@ -139,9 +140,28 @@ static int bnsym_threads(int num_threads, int64_t work)
     return nt;
 }
 
+/* count * size bytes (at least one element) starting on a cache line (64 bytes), so that vector
+ * loads of lanes do not straddle two lines; NULL when out of memory. The malloc'd block's start
+ * is kept just before the returned pointer: release with bnsym_free. */
 static void *bnsym_alloc(size_t count, size_t size)
 {
-    return malloc((count ? count : 1) * size);
+    char *raw = (char *)malloc((count ? count : 1) * size + 64);
+    char *p;
+    if (raw == NULL)
+        return NULL;
+    p = raw + (64 - (size_t)((uintptr_t)raw % 64)); /* malloc's alignment leaves room for raw */
+    memcpy(p - sizeof(char *), &raw, sizeof(char *));
+    return p;
+}
+
+/* Release a block from bnsym_alloc (NULL: nothing). */
+static void bnsym_free(void *p)
+{
+    char *raw;
+    if (p == NULL)
+        return;
+    memcpy(&raw, (char *)p - sizeof(char *), sizeof(char *));
+    free(raw);
 }
 
 /* Unit u of the long-strip (ncs) schedule over channels c0 .. c0+nc-1 (all: c0 = 0, nc = C),
@@ -260,38 +280,42 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
-        + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(2 + 2) * (size_t)L        + (size_t)(2 + 1) * (size_t)LC + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 0 + 0 + 2) * (size_t)C
+        + (size_t)(0 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
 
+/* Lay out a state and a scratch in buf (work_size doubles): the lane arrays first, so that on a
+ * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
+ * arrays. */
 static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *st, bnsym_backward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
     int64_t LC, int zero_scratch)
 {
     int64_t j;
-    st->cnt = buf;
+    double *chan;
+    sc->acc = buf;
+    sc->lane = sc->acc + 2 * L;
+    sc->psum = sc->lane + 2 * L;
+    sc->lanet = (float *)(sc->psum + 2 * L);
+    sc->psumt = sc->lanet + 3 * L;
+    chan = sc->psum + 2 * L + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    st->cnt = chan;
     st->mean = st->cnt + C;
     st->m2 = st->mean + 0 * C;
     st->sum = st->m2 + 0 * C;
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
-    sc->acc = sc->bacc + 2 * LC;
-    sc->lane = sc->acc + 2 * L;
-    sc->psum = sc->lane + 2 * L;
+    sc->bsave = sc->bacc + 2 * LC;
+    sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    if (zero_scratch)
+    if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
             sc->psum[j] = 0.0;
-    sc->bsave = sc->psum + 2 * L;
-    sc->tbad = sc->bsave + 2 * LC;
-    sc->lanet = (float *)(sc->tbad + LC);
-    sc->psumt = sc->lanet + 3 * L;
-    if (zero_scratch)
         for (j = 0; j < 2 * L; ++j)
             sc->psumt[j] = 0;
+    }
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -1370,11 +1394,11 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
         sc = (bnsym_backward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
-            free(cbuf);
-            free(glanes);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
+            bnsym_free(cbuf);
+            bnsym_free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -1414,11 +1438,11 @@ static int bnsym_backward_train_f32_run_ncs(bnsym_backward_train_f32_ctx *a, int
     } else {
         bnsym_backward_train_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(cbuf);
-    free(glanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(cbuf);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -1498,9 +1522,9 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
         st = (bnsym_backward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_state));
         sc = (bnsym_backward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f32_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -1510,9 +1534,9 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
     }
@@ -1541,10 +1565,10 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     } else {
         bnsym_backward_train_f32_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(lanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -1595,7 +1619,7 @@ static int bnsym_backward_train_f32_run_small(bnsym_backward_train_f32_ctx *a, i
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -1668,7 +1692,7 @@ int bnsym_backward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
         status = bnsym_backward_train_f32_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_backward_train_f32_run_rows(&ctx, nt) : bnsym_backward_train_f32_run_ncs(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -1741,7 +1765,7 @@ int bnsym_backward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_backward_train_f32_run_small(&ctx, 1);
     else
         status = bnsym_backward_train_f32_run_rows(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -1787,31 +1811,36 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 0 + 0 + 2) * (size_t)C
-        + (size_t)(0 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(2 + 2) * (size_t)L;
+    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + (size_t)(1 + 0 + 0 + 2) * (size_t)C
+        + (size_t)(0 + 2) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
 
+/* Lay out a state and a scratch in buf (work_size doubles): the lane arrays first, so that on a
+ * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
+ * arrays. */
 static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *st, bnsym_backward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
     int64_t LC, int zero_scratch)
 {
     int64_t j;
-    st->cnt = buf;
+    double *chan;
+    sc->acc = buf;
+    sc->lane = sc->acc + 2 * L;
+    sc->psum = sc->lane + 2 * L;
+    chan = sc->psum + 2 * L;
+    st->cnt = chan;
     st->mean = st->cnt + C;
     st->m2 = st->mean + 0 * C;
     st->sum = st->m2 + 0 * C;
     sc->shift = st->sum + 2 * C;
     sc->bacc = sc->shift + 0 * LC;
-    sc->acc = sc->bacc + 2 * LC;
-    sc->lane = sc->acc + 2 * L;
-    sc->psum = sc->lane + 2 * L;
     sc->all_strips = 0;
     for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
         st->cnt[j] = 0.0;
-    if (zero_scratch)
+    if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
             sc->psum[j] = 0.0;
+    }
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -2556,11 +2585,11 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
         sc = (bnsym_backward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
-            free(cbuf);
-            free(glanes);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
+            bnsym_free(cbuf);
+            bnsym_free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -2599,11 +2628,11 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     } else {
         bnsym_backward_train_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(cbuf);
-    free(glanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(cbuf);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -2682,9 +2711,9 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         st = (bnsym_backward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_state));
         sc = (bnsym_backward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_train_f64_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -2694,9 +2723,9 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)5 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
     }
@@ -2724,10 +2753,10 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
     } else {
         bnsym_backward_train_f64_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(lanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -2777,7 +2806,7 @@ static int bnsym_backward_train_f64_run_small(bnsym_backward_train_f64_ctx *a, i
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -2847,7 +2876,7 @@ int bnsym_backward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
         status = bnsym_backward_train_f64_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_backward_train_f64_run_rows(&ctx, nt) : bnsym_backward_train_f64_run_ncs(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -2917,6 +2946,6 @@ int bnsym_backward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_backward_train_f64_run_small(&ctx, 1);
     else
         status = bnsym_backward_train_f64_run_rows(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }

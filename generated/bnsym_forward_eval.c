@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bnsym.h"
 
@@ -139,9 +140,28 @@ static int bnsym_threads(int num_threads, int64_t work)
     return nt;
 }
 
+/* count * size bytes (at least one element) starting on a cache line (64 bytes), so that vector
+ * loads of lanes do not straddle two lines; NULL when out of memory. The malloc'd block's start
+ * is kept just before the returned pointer: release with bnsym_free. */
 static void *bnsym_alloc(size_t count, size_t size)
 {
-    return malloc((count ? count : 1) * size);
+    char *raw = (char *)malloc((count ? count : 1) * size + 64);
+    char *p;
+    if (raw == NULL)
+        return NULL;
+    p = raw + (64 - (size_t)((uintptr_t)raw % 64)); /* malloc's alignment leaves room for raw */
+    memcpy(p - sizeof(char *), &raw, sizeof(char *));
+    return p;
+}
+
+/* Release a block from bnsym_alloc (NULL: nothing). */
+static void bnsym_free(void *p)
+{
+    char *raw;
+    if (p == NULL)
+        return;
+    memcpy(&raw, (char *)p - sizeof(char *), sizeof(char *));
+    free(raw);
 }
 
 /* Unit u of the long-strip (ncs) schedule over channels c0 .. c0+nc-1 (all: c0 = 0, nc = C),
@@ -472,7 +492,7 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     } else {
         bnsym_forward_eval_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(glanes);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -536,7 +556,7 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     } else {
         bnsym_forward_eval_f32_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(lanes);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -575,7 +595,7 @@ static int bnsym_forward_eval_f32_run_small(bnsym_forward_eval_f32_ctx *a, int r
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -641,7 +661,7 @@ int bnsym_forward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_eval_f32_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_forward_eval_f32_run_rows(&ctx, nt) : bnsym_forward_eval_f32_run_ncs(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -707,7 +727,7 @@ int bnsym_forward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_eval_f32_run_small(&ctx, 1);
     else
         status = bnsym_forward_eval_f32_run_rows(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -962,7 +982,7 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     } else {
         bnsym_forward_eval_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(glanes);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -1025,7 +1045,7 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     } else {
         bnsym_forward_eval_f64_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(lanes);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -1063,7 +1083,7 @@ static int bnsym_forward_eval_f64_run_small(bnsym_forward_eval_f64_ctx *a, int r
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -1126,7 +1146,7 @@ int bnsym_forward_eval_f64_ncs(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_eval_f64_run_small(&ctx, S == 1);
     else
         status = (S == 1) ? bnsym_forward_eval_f64_run_rows(&ctx, nt) : bnsym_forward_eval_f64_run_ncs(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -1189,6 +1209,6 @@ int bnsym_forward_eval_f64_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_eval_f64_run_small(&ctx, 1);
     else
         status = bnsym_forward_eval_f64_run_rows(&ctx, nt);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bnsym.h"
 
@@ -139,9 +140,28 @@ static int bnsym_threads(int num_threads, int64_t work)
     return nt;
 }
 
+/* count * size bytes (at least one element) starting on a cache line (64 bytes), so that vector
+ * loads of lanes do not straddle two lines; NULL when out of memory. The malloc'd block's start
+ * is kept just before the returned pointer: release with bnsym_free. */
 static void *bnsym_alloc(size_t count, size_t size)
 {
-    return malloc((count ? count : 1) * size);
+    char *raw = (char *)malloc((count ? count : 1) * size + 64);
+    char *p;
+    if (raw == NULL)
+        return NULL;
+    p = raw + (64 - (size_t)((uintptr_t)raw % 64)); /* malloc's alignment leaves room for raw */
+    memcpy(p - sizeof(char *), &raw, sizeof(char *));
+    return p;
+}
+
+/* Release a block from bnsym_alloc (NULL: nothing). */
+static void bnsym_free(void *p)
+{
+    char *raw;
+    if (p == NULL)
+        return;
+    memcpy(&raw, (char *)p - sizeof(char *), sizeof(char *));
+    free(raw);
 }
 
 /* Unit u of the long-strip (ncs) schedule over channels c0 .. c0+nc-1 (all: c0 = 0, nc = C),
@@ -261,38 +281,42 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
-        + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(1 + 2) * (size_t)L        + (size_t)(2 + 1) * (size_t)LC + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 1 + 1 + 0) * (size_t)C
+        + (size_t)(1 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
 
+/* Lay out a state and a scratch in buf (work_size doubles): the lane arrays first, so that on a
+ * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
+ * arrays. */
 static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st, bnsym_forward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
     int64_t LC, int zero_scratch)
 {
     int64_t j;
-    st->cnt = buf;
+    double *chan;
+    sc->acc = buf;
+    sc->lane = sc->acc + 2 * L;
+    sc->psum = sc->lane + 1 * L;
+    sc->lanet = (float *)(sc->psum + 2 * L);
+    sc->psumt = sc->lanet + 1 * L;
+    chan = sc->psum + 2 * L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    st->cnt = chan;
     st->mean = st->cnt + C;
     st->m2 = st->mean + 1 * C;
     st->sum = st->m2 + 1 * C;
     sc->shift = st->sum + 0 * C;
     sc->bacc = sc->shift + 1 * LC;
-    sc->acc = sc->bacc + 2 * LC;
-    sc->lane = sc->acc + 2 * L;
-    sc->psum = sc->lane + 1 * L;
+    sc->bsave = sc->bacc + 2 * LC;
+    sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
-    if (zero_scratch)
+    if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
             sc->psum[j] = 0.0;
-    sc->bsave = sc->psum + 2 * L;
-    sc->tbad = sc->bsave + 2 * LC;
-    sc->lanet = (float *)(sc->tbad + LC);
-    sc->psumt = sc->lanet + 1 * L;
-    if (zero_scratch)
         for (j = 0; j < 2 * L; ++j)
             sc->psumt[j] = 0;
+    }
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -1364,11 +1388,11 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
         sc = (bnsym_forward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
-            free(cbuf);
-            free(glanes);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
+            bnsym_free(cbuf);
+            bnsym_free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -1407,11 +1431,11 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     } else {
         bnsym_forward_train_f32_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(cbuf);
-    free(glanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(cbuf);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -1490,9 +1514,9 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
         st = (bnsym_forward_train_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_state));
         sc = (bnsym_forward_train_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f32_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -1501,9 +1525,9 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
     }
@@ -1532,10 +1556,10 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     } else {
         bnsym_forward_train_f32_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(lanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -1584,7 +1608,7 @@ static int bnsym_forward_train_f32_run_small(bnsym_forward_train_f32_ctx *a, int
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -1669,7 +1693,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
         status = (S == 1) ? bnsym_forward_train_f32_run_rows(&ctx, nt) : bnsym_forward_train_f32_run_ncs(&ctx, nt);
     if (status == 0)
         status = bnsym_forward_train_f32_finish(&ctx, skip_nonfinite);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -1754,7 +1778,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_train_f32_run_rows(&ctx, nt);
     if (status == 0)
         status = bnsym_forward_train_f32_finish(&ctx, skip_nonfinite);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -1801,31 +1825,36 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(1 + 1 + 1 + 0) * (size_t)C
-        + (size_t)(1 + 2) * (size_t)LC + (size_t)2 * (size_t)L
-        + (size_t)(1 + 2) * (size_t)L;
+    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + (size_t)(1 + 1 + 1 + 0) * (size_t)C
+        + (size_t)(1 + 2) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
 
+/* Lay out a state and a scratch in buf (work_size doubles): the lane arrays first, so that on a
+ * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
+ * arrays. */
 static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st, bnsym_forward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
     int64_t LC, int zero_scratch)
 {
     int64_t j;
-    st->cnt = buf;
+    double *chan;
+    sc->acc = buf;
+    sc->lane = sc->acc + 2 * L;
+    sc->psum = sc->lane + 1 * L;
+    chan = sc->psum + 2 * L;
+    st->cnt = chan;
     st->mean = st->cnt + C;
     st->m2 = st->mean + 1 * C;
     st->sum = st->m2 + 1 * C;
     sc->shift = st->sum + 0 * C;
     sc->bacc = sc->shift + 1 * LC;
-    sc->acc = sc->bacc + 2 * LC;
-    sc->lane = sc->acc + 2 * L;
-    sc->psum = sc->lane + 1 * L;
     sc->all_strips = 0;
     for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
         st->cnt[j] = 0.0;
-    if (zero_scratch)
+    if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
             sc->psum[j] = 0.0;
+    }
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -2613,11 +2642,11 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
         sc = (bnsym_forward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
-            free(cbuf);
-            free(glanes);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
+            bnsym_free(cbuf);
+            bnsym_free(glanes);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -2655,11 +2684,11 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     } else {
         bnsym_forward_train_f64_ncs_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(cbuf);
-    free(glanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(cbuf);
+    bnsym_free(glanes);
     return 0;
 }
 
@@ -2737,9 +2766,9 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
         st = (bnsym_forward_train_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_state));
         sc = (bnsym_forward_train_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_forward_train_f64_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
         for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
@@ -2748,9 +2777,9 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
-            free(wbuf);
-            free(st);
-            free(sc);
+            bnsym_free(wbuf);
+            bnsym_free(st);
+            bnsym_free(sc);
             return -1;
         }
     }
@@ -2778,10 +2807,10 @@ static int bnsym_forward_train_f64_run_rows(bnsym_forward_train_f64_ctx *a, int 
     } else {
         bnsym_forward_train_f64_rows_part(&job, 0, 1); /* no team: a team of one costs a system call */
     }
-    free(wbuf);
-    free(st);
-    free(sc);
-    free(lanes);
+    bnsym_free(wbuf);
+    bnsym_free(st);
+    bnsym_free(sc);
+    bnsym_free(lanes);
     return 0;
 }
 
@@ -2829,7 +2858,7 @@ static int bnsym_forward_train_f64_run_small(bnsym_forward_train_f64_ctx *a, int
         }
     }
     (void)n;
-    free(buf);
+    bnsym_free(buf);
     return 0;
 }
 
@@ -2911,7 +2940,7 @@ int bnsym_forward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
         status = (S == 1) ? bnsym_forward_train_f64_run_rows(&ctx, nt) : bnsym_forward_train_f64_run_ncs(&ctx, nt);
     if (status == 0)
         status = bnsym_forward_train_f64_finish(&ctx, skip_nonfinite);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
 
@@ -2993,6 +3022,6 @@ int bnsym_forward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
         status = bnsym_forward_train_f64_run_rows(&ctx, nt);
     if (status == 0)
         status = bnsym_forward_train_f64_finish(&ctx, skip_nonfinite);
-    free(ctx.rin);
+    bnsym_free(ctx.rin);
     return status;
 }
