@@ -152,6 +152,29 @@ def _block(
     return stmts, results, inputs
 
 
+_CALL_OR_CAST = re.compile(r"[A-Za-z_]\w*\s*\(|\(\s*(?:float|double)\s*\)")
+_FLOAT_LITERAL = re.compile(r"(?<![A-Za-z_\w])(?:\d+\.\d*|\.\d+|\d+[eE])")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def _vector_ok(loads: Sequence[str], stmts: Sequence[tuple[str, str]], stores: Sequence[str]) -> bool:
+    """Whether the printed element statements also run on GCC vector-extension types.
+
+    They must be ``+ - * /`` over names and integer literals (no call, cast or floating literal,
+    which would not convert to a vector), and each must read a per-value name (a load or an
+    earlier such statement): a vector operand makes the scalars in it broadcast.
+    """
+    per_value = set(loads)
+    for name, rhs in list(stmts) + [(None, r) for r in stores]:
+        if _CALL_OR_CAST.search(rhs) or _FLOAT_LITERAL.search(rhs):
+            return False
+        if not per_value & set(_IDENT.findall(rhs)):
+            return False
+        if name is not None:
+            per_value.add(name)
+    return True
+
+
 def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     """Everything the templates need for one kernel and one dtype (both layouts)."""
     T, sfx = DTYPES[dtype]
@@ -599,6 +622,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         # element pass
         e_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in e_loads],
         e_stmts=stmts_e,
+        e_vector=_vector_ok([names(ld.symbol) for ld in e_loads], stmts_e, res_e),
         e_stores=[dict(array=st.array, expr=rhs, optional=arrays[st.array].optional)
                   for st, rhs in zip(plan.element_stores, res_e)],
         e_arrays=sorted({ld.array for ld in e_loads} | {st.array for st in plan.element_stores},

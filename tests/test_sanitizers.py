@@ -4,12 +4,14 @@ Two programs are built from ``generated/*.c``: the codegen's own test program
 (``tests/c/test_kernels.c``) and the edge-case driver ``tests/sanitize_edges.c`` (m = 2, C = 1,
 odd sizes, wide rows, every optional pointer NULL, outputs aliasing inputs, skip_nonfinite,
 1-4 threads, both dtypes and layouts, results checked against a double reference), each in
-five configurations of the kernels: ``-O1`` without OpenMP; the production flags ``-O3
+six configurations of the kernels: ``-O1`` without OpenMP; the production flags ``-O3
 -march=native -fopenmp`` (vector code paths and threads); ``-O3 -fopenmp
 -DBNSYM_CACHE_BYTES=0``, which sends every contiguous input through the channel-block schedule
 that normally only inputs over 16 MiB take; ``-DBNSYM_SMALL_VALUES=0``, which sends small inputs
-through the lane schedules instead of the small-input one; and, without OpenMP, every input
-through the small-input schedule. The test programs are built at -O1.
+through the lane schedules instead of the small-input one; the production flags with
+``-DBNSYM_STREAM_BYTES=0``, with which every call streams its outputs (normally only calls that
+read and write 32 MiB or more); and, without OpenMP, every input through the small-input
+schedule. The test programs are built at -O1.
 ``-fno-sanitize-recover=all`` turns any UB report into an abort; LeakSanitizer is on. A run
 passes when it exits 0 and prints no sanitizer report.
 
@@ -44,6 +46,9 @@ CONFIGS = {
     # block)
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                            "-DBNSYM_SMALL_VALUES=0"],
+    # every call streams its outputs (normally only those reading and writing 32 MiB or more)
+    "O3-native-openmp-stream": ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+                                "-fopenmp", "-DBNSYM_STREAM_BYTES=0"],
     # every input (one thread: no OpenMP) takes the small-input schedule
     "O3-all-small": ["-O3", "-fno-math-errno", "-fno-trapping-math",
                      "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SAMPLES=100000000",
