@@ -394,7 +394,7 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
             f"are compiled on first use.\n{_INSTALL_HINT}"
         )
     cflags, ldflags = list(info["cflags"]), list(info["ldflags"])
-    print("bnsym: compiling kernels (first use, ~10 s)...", file=sys.stderr, flush=True)
+    print("bnsym: compiling kernels (first use, ~20 s)...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     openmp = True

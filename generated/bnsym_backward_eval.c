@@ -121,28 +121,32 @@
 /* Non-temporal ("streaming") stores: a call whose element pass reads and writes at least
  * BNSYM_STREAM_BYTES (default: twice BNSYM_CACHE_BYTES, about the last-level cache) writes its
  * outputs around the cache. A store to a line not in the cache first reads the line; a streaming
- * store does not, and it does not evict the inputs a caller is about to read again. The element
- * pass then runs in vectors of BNSYM_VBYTES (GCC vector extensions, the same operations as the
- * scalar loop, value by value) from the first aligned output value on. Set
- * -DBNSYM_STREAM_BYTES=... for another machine, -DBNSYM_NO_STREAM to turn it off; compilers
- * without GCC's vector extensions or x86 AVX never stream. */
+ * store does not, and it does not evict the inputs a caller is about to read again. Below that
+ * size the output would still be in the cache for its next reader, which a streaming store
+ * sends to memory instead. The element pass then runs in vectors of BNSYM_VBYTES (GCC vector
+ * extensions, the same operations as the scalar loop, value by value) from the first aligned
+ * output value on. Set -DBNSYM_STREAM_BYTES=... for another machine, -DBNSYM_NO_STREAM to turn
+ * it off; compilers without GCC's vector extensions, or other than x86-64 with AVX, never
+ * stream. */
 #ifndef BNSYM_STREAM_BYTES
 #define BNSYM_STREAM_BYTES (2 * (double)BNSYM_CACHE_BYTES)
 #endif
 #if !defined(BNSYM_NO_STREAM) && (defined(__GNUC__) || defined(__clang__)) && defined(__AVX__) \
     && defined(__x86_64__)
-#include <immintrin.h>
 #define BNSYM_STREAM 1
 #define BNSYM_VBYTES 32
+/* (the compilers' own builtins: <immintrin.h> would cost half a second of parsing per file) */
 typedef float bnsym_v_float __attribute__((vector_size(32)));
 typedef double bnsym_v_double __attribute__((vector_size(32)));
+typedef float bnsym_v_float_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double bnsym_v_double_u __attribute__((vector_size(32), aligned(8), may_alias));
 static inline bnsym_v_float bnsym_vload_float(const float *p)
 {
-    return (bnsym_v_float)_mm256_loadu_ps(p);
+    return *(const bnsym_v_float_u *)p;
 }
 static inline bnsym_v_double bnsym_vload_double(const double *p)
 {
-    return (bnsym_v_double)_mm256_loadu_pd(p);
+    return *(const bnsym_v_double_u *)p;
 }
 /* The vector of lanes lo, lo+1, ... of a row of L lanes, wrapping around to lane 0. */
 static inline bnsym_v_float bnsym_vlane_float(const float *lane, int64_t lo, int64_t L)
@@ -169,34 +173,50 @@ static inline bnsym_v_double bnsym_vlane_double(const double *lane, int64_t lo, 
     }
     return bnsym_vload_double(t);
 }
-/* Streaming stores of one value (the same bits), so that no output line is written both
- * around the cache and through it (which costs a flush of the line each time). */
+/* Streaming stores: a vector at a BNSYM_VBYTES-aligned p, and one value (the same bits), so
+ * that no output line is written both around the cache and through it (which costs a flush of
+ * the line each time). */
+static inline void bnsym_vstream_float(float *p, bnsym_v_float v)
+{
+#if defined(__clang__)
+    __builtin_nontemporal_store(v, (bnsym_v_float *)p);
+#else
+    __builtin_ia32_movntps256(p, v);
+#endif
+}
+static inline void bnsym_vstream_double(double *p, bnsym_v_double v)
+{
+#if defined(__clang__)
+    __builtin_nontemporal_store(v, (bnsym_v_double *)p);
+#else
+    __builtin_ia32_movntpd256(p, v);
+#endif
+}
 static inline void bnsym_sstream_float(float *p, float v)
 {
     int i;
     memcpy(&i, &v, sizeof i);
-    _mm_stream_si32((int *)p, i);
+#if defined(__clang__)
+    __builtin_nontemporal_store(i, (int *)p);
+#else
+    __builtin_ia32_movnti((int *)p, i);
+#endif
 }
 static inline void bnsym_sstream_double(double *p, double v)
 {
     long long i;
     memcpy(&i, &v, sizeof i);
-    _mm_stream_si64((long long *)p, i);
-}
-/* p: BNSYM_VBYTES-aligned */
-static inline void bnsym_vstream_float(float *p, bnsym_v_float v)
-{
-    _mm256_stream_ps(p, (__m256)v);
-}
-static inline void bnsym_vstream_double(double *p, bnsym_v_double v)
-{
-    _mm256_stream_pd(p, (__m256d)v);
+#if defined(__clang__)
+    __builtin_nontemporal_store(i, (long long *)p);
+#else
+    __builtin_ia32_movnti64((long long *)p, i);
+#endif
 }
 /* Streaming stores are weakly ordered: a thread fences them before its team's barrier. */
 #define BNSYM_STREAM_FENCE(on) \
     do { \
         if (on) \
-            _mm_sfence(); \
+            __builtin_ia32_sfence(); \
     } while (0)
 #else
 #define BNSYM_STREAM 0
@@ -1122,6 +1142,33 @@ static inline int64_t bnsym_backward_eval_f32_stream_head(const bnsym_backward_e
 }
 #endif
 
+#if BNSYM_STREAM
+/* bnsym_backward_eval_f32_elements_ncs with streaming stores:
+ * whole vectors from the first aligned output value, the values before and after them one by
+ * one (a function of its own, not inlined in every schedule: one call per strip). */
+static __attribute__((noinline)) void bnsym_backward_eval_f32_elements_ncs_stream(const bnsym_backward_eval_f32_ctx *a, int64_t c, int64_t off, int64_t len)
+{
+    const int64_t vn = BNSYM_VBYTES / (int64_t)sizeof(float);
+    const int64_t jv = bnsym_backward_eval_f32_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
+    int64_t j, k;
+    const float bn_grad_input_k0_t = a->coef[0 * a->C + c];
+    const float dx_k_dy_t = a->coef[1 * a->C + c];
+    const float *bn_grad_output = a->grad_output + off;
+    float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
+    for (j = jv; j < je; j += vn) {
+        const bnsym_v_float dy = bnsym_vload_float(bn_grad_output + j);
+        bnsym_vstream_float(bn_grad_input + j, bn_grad_input_k0_t + dx_k_dy_t*dy);
+    }
+    for (k = 0; k < 2; ++k) {
+        const int64_t j1 = k ? len : jv;
+        for (j = k ? je : 0; j < j1; ++j) {
+            const float dy = bn_grad_output[j];
+            bnsym_sstream_float(bn_grad_input + j, bn_grad_input_k0_t + dx_k_dy_t*dy);
+        }
+    }
+}
+#endif
+
 /* Element pass (float) over len contiguous values of channel c starting at off. */
 static inline void bnsym_backward_eval_f32_elements_ncs(const bnsym_backward_eval_f32_ctx *a, int64_t c, int64_t off, int64_t len)
 {
@@ -1138,30 +1185,16 @@ static inline void bnsym_backward_eval_f32_elements_ncs(const bnsym_backward_eva
         }
         return;
     }
+#if BNSYM_STREAM
+    if (a->stream) {
+        bnsym_backward_eval_f32_elements_ncs_stream(a, c, off, len);
+        return;
+    }
+#endif
     const float bn_grad_input_k0_t = a->coef[0 * a->C + c];
     const float dx_k_dy_t = a->coef[1 * a->C + c];
     const float *bn_grad_output = a->grad_output + off;
     float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
-#if BNSYM_STREAM
-    if (a->stream) {
-        /* streaming stores of whole vectors; the values before and after them one by one */
-        const int64_t vn = BNSYM_VBYTES / (int64_t)sizeof(float);
-        const int64_t jv = bnsym_backward_eval_f32_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
-        int64_t k;
-        for (j = jv; j < je; j += vn) {
-            const bnsym_v_float dy = bnsym_vload_float(bn_grad_output + j);
-            bnsym_vstream_float(bn_grad_input + j, bn_grad_input_k0_t + dx_k_dy_t*dy);
-        }
-        for (k = 0; k < 2; ++k) {
-            const int64_t j1 = k ? len : jv;
-            for (j = k ? je : 0; j < j1; ++j) {
-                const float dy = bn_grad_output[j];
-                bnsym_sstream_float(bn_grad_input + j, bn_grad_input_k0_t + dx_k_dy_t*dy);
-            }
-        }
-        return;
-    }
-#endif
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float dy = bn_grad_output[j];
@@ -2374,33 +2407,45 @@ static inline int64_t bnsym_backward_eval_f64_stream_head(const bnsym_backward_e
 }
 #endif
 
+#if BNSYM_STREAM
+/* bnsym_backward_eval_f64_elements_ncs with streaming stores:
+ * whole vectors from the first aligned output value, the values before and after them one by
+ * one (a function of its own, not inlined in every schedule: one call per strip). */
+static __attribute__((noinline)) void bnsym_backward_eval_f64_elements_ncs_stream(const bnsym_backward_eval_f64_ctx *a, int64_t c, int64_t off, int64_t len)
+{
+    const int64_t vn = BNSYM_VBYTES / (int64_t)sizeof(double);
+    const int64_t jv = bnsym_backward_eval_f64_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
+    int64_t j, k;
+    const double dx_k_dy_t = a->coef[0 * a->C + c];
+    const double *bn_grad_output = a->grad_output + off;
+    double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
+    for (j = jv; j < je; j += vn) {
+        const bnsym_v_double dy = bnsym_vload_double(bn_grad_output + j);
+        bnsym_vstream_double(bn_grad_input + j, dx_k_dy_t*dy);
+    }
+    for (k = 0; k < 2; ++k) {
+        const int64_t j1 = k ? len : jv;
+        for (j = k ? je : 0; j < j1; ++j) {
+            const double dy = bn_grad_output[j];
+            bnsym_sstream_double(bn_grad_input + j, dx_k_dy_t*dy);
+        }
+    }
+}
+#endif
+
 /* Element pass (double) over len contiguous values of channel c starting at off. */
 static inline void bnsym_backward_eval_f64_elements_ncs(const bnsym_backward_eval_f64_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
-    const double dx_k_dy_t = a->coef[0 * a->C + c];
-    const double *bn_grad_output = a->grad_output + off;
-    double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
 #if BNSYM_STREAM
     if (a->stream) {
-        /* streaming stores of whole vectors; the values before and after them one by one */
-        const int64_t vn = BNSYM_VBYTES / (int64_t)sizeof(double);
-        const int64_t jv = bnsym_backward_eval_f64_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
-        int64_t k;
-        for (j = jv; j < je; j += vn) {
-            const bnsym_v_double dy = bnsym_vload_double(bn_grad_output + j);
-            bnsym_vstream_double(bn_grad_input + j, dx_k_dy_t*dy);
-        }
-        for (k = 0; k < 2; ++k) {
-            const int64_t j1 = k ? len : jv;
-            for (j = k ? je : 0; j < j1; ++j) {
-                const double dy = bn_grad_output[j];
-                bnsym_sstream_double(bn_grad_input + j, dx_k_dy_t*dy);
-            }
-        }
+        bnsym_backward_eval_f64_elements_ncs_stream(a, c, off, len);
         return;
     }
 #endif
+    const double dx_k_dy_t = a->coef[0 * a->C + c];
+    const double *bn_grad_output = a->grad_output + off;
+    double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const double dy = bn_grad_output[j];
