@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sysconfig
+
 import numpy as np
 import pytest
 
@@ -69,3 +74,18 @@ def assert_close():
 def make_input():
     """``make_input(shape, dtype, layout, seed, loc, scale)``: see :func:`make`."""
     return make
+
+
+@pytest.fixture(scope="session")
+def c_compiler():
+    """The C compiler of the C-level tests, as a command list: ``$CC``, else Python's ``CC``, else
+    the first of cc, gcc, clang on PATH (its first word only, not Python's build flags); skips
+    the test when there is none."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cmd = shlex.split(cc)[:1]
+    if cmd and shutil.which(cmd[0]):
+        return cmd
+    for alt in ("cc", "gcc", "clang"):
+        if shutil.which(alt):
+            return [alt]
+    pytest.skip("no C compiler found ($CC, cc, gcc, clang)")

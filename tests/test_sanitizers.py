@@ -23,10 +23,7 @@ Skipped only when the C compiler cannot build and run a program with -fsanitize 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -66,17 +63,6 @@ REPORT_MARKERS = ("runtime error", "ERROR: AddressSanitizer", "ERROR: LeakSaniti
                   "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
 
 
-def _cc() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cmd = shlex.split(cc)
-    if not shutil.which(cmd[0]):
-        for alt in ("cc", "gcc", "clang"):
-            if shutil.which(alt):
-                return [alt]
-        return []
-    return cmd[:1]  # the compiler itself, not Python's build flags
-
-
 def _compile(cc, sources, out: Path, flags) -> subprocess.CompletedProcess:
     cmd = cc + ["-std=c99", *flags, *SAN, f"-I{GEN}", *map(str, sources), "-lm", "-o", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -87,11 +73,9 @@ def _run(exe: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def toolchain(tmp_path_factory):
+def toolchain(c_compiler, tmp_path_factory):
     """The compiler, after checking that it links and runs a sanitized program."""
-    cc = _cc()
-    if not cc:
-        pytest.skip("no C compiler found ($CC, cc, gcc, clang)")
+    cc = c_compiler
     d = tmp_path_factory.mktemp("san-probe")
     src = d / "ok.c"
     src.write_text("#include <stdlib.h>\nint main(void){int *p=malloc(8);p[1]=3;int r=p[1]-3;free(p);return r;}\n")

@@ -15,10 +15,7 @@ extensions on x86-64 with AVX). Two checks:
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT / "generated"
 PROGRAM = ROOT / "tests" / "c" / "stream_outputs.c"
 FLAGS = ["-std=c99", "-O2", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-
-
-def _cc() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cmd = shlex.split(cc)[:1]
-    if cmd and shutil.which(cmd[0]):
-        return cmd
-    for alt in ("cc", "gcc", "clang"):
-        if shutil.which(alt):
-            return [alt]
-    pytest.skip("no C compiler found ($CC, cc, gcc, clang)")
 
 
 def _build_and_run(cc, tmp_path, name, define) -> list[str]:
@@ -58,8 +44,8 @@ def _build_and_run(cc, tmp_path, name, define) -> list[str]:
     return run.stdout.splitlines()
 
 
-def test_streaming_changes_no_bit(tmp_path):
-    cc = _cc()
+def test_streaming_changes_no_bit(c_compiler, tmp_path):
+    cc = c_compiler
     plain = _build_and_run(cc, tmp_path, "plain", "-DBNSYM_NO_STREAM")
     if plain[0] != "stream-capable 1":
         pytest.skip("streaming stores need GCC vector extensions and AVX on x86-64")
