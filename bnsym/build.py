@@ -29,8 +29,9 @@ How it works
   ``os.replace``.
 * Without a working C compiler :class:`CompileError` (a ``RuntimeError``) says what to install;
   when the compiler ran and failed, the message carries its command lines and output. When the
-  build fails only because of OpenMP (``-fopenmp``), it is retried once without OpenMP (the
-  kernels then run single-threaded) and a warning is printed.
+  build fails only because of OpenMP (``-fopenmp``), it is retried without OpenMP (the kernels
+  then run single-threaded), first with ``-fopenmp-simd`` (the loops' ``omp simd`` pragmas, which
+  need no runtime), then without it, and a warning is printed.
 """
 
 from __future__ import annotations
@@ -398,6 +399,7 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     openmp = True
+    used = cflags
     try:
         try:
             built = _compile(name, src, workdir / "a", cflags, ldflags)
@@ -408,23 +410,30 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
                 r"openmp|omp\.h|gomp|lomp", getattr(first, "log", ""), re.I
             ):
                 raise
-            try:
-                built = _compile(
-                    name,
-                    src,
-                    workdir / "b",
-                    [f for f in cflags if f not in omp_c],
-                    [f for f in ldflags if f not in omp_l],
-                )
-            except CompileError:
+            from bnsym import compiler
+
+            serial = [f for f in cflags if f not in omp_c]
+            serial_l = [f for f in ldflags if f not in omp_l]
+            # first with the ``omp simd`` pragmas alone (no runtime needed: the loops stay
+            # vectorized), then without them
+            for attempt, flags in (("b", compiler.serial_args(serial)), ("c", serial)):
+                try:
+                    built = _compile(name, src, workdir / attempt, flags, serial_l)
+                    used = flags
+                    break
+                except CompileError:
+                    continue
+            else:
                 raise first from first.__cause__
             openmp = False
             print(
-                "bnsym: warning: the compiler does not support OpenMP; kernels built single-threaded",
+                "bnsym: warning: the compiler does not support OpenMP; kernels built single-threaded"
+                + ("" if attempt == "b" else " and without 'omp simd' (-fopenmp-simd)"),
                 file=sys.stderr,
             )
         os.replace(built, so_path)
         meta = dict(info, size=so_path.stat().st_size, sha256=_sha256(so_path), openmp=openmp,
+                    built_cflags=used,
                     created=time.strftime("%Y-%m-%d %H:%M:%S"), module=name)
         tmp_manifest = workdir / "manifest.json"
         tmp_manifest.write_text(json.dumps(meta, indent=1))

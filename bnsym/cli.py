@@ -1,4 +1,4 @@
-"""The ``bnsym`` command line: derive, verify, generate, cache, bench, pipeline.
+"""The ``bnsym`` command line: derive, verify, generate, vectorized, cache, bench, pipeline.
 
 Each subcommand lives in the module of its pipeline stage; this file only parses arguments and
 dispatches, importing the stage lazily (``bnsym cache info`` never loads sympy). Bad arguments
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ncs: contiguous (N, C, *spatial); nsc: channels-last")
     p.add_argument("--prefix", default="bnsym_", help="symbol prefix of the C functions")
     p.set_defaults(handler=("bnsym.codegen", "cli_generate"))
+
+    p = sub.add_parser("vectorized", help="check that the compiler vectorizes every marked loop of the kernels (GCC)")
+    p.add_argument("dir", nargs="?", help="folder of kernels (default: the package's generated/)")
+    p.add_argument("--no-openmp", action="store_true", help="compile as the build does without OpenMP (-fopenmp-simd)")
+    p.set_defaults(handler=("bnsym.vectorize", "cli_vectorized"))
 
     p = sub.add_parser("cache", help="inspect or clear the compiled-module cache")
     p.add_argument("action", choices=["info", "clear"])

@@ -31,8 +31,15 @@
             BNSYM_OMP(omp barrier) \
         } \
     } while (0)
+/* "omp simd" pragmas: with OpenMP, or without it under -fopenmp-simd -DBNSYM_OPENMP_SIMD (the
+ * pragmas without the threads, which keeps the marked loops vectorized). */
+#if defined(_OPENMP) || defined(BNSYM_OPENMP_SIMD)
+#define BNSYM_SIMD_PRAGMA(directive) _Pragma(#directive)
+#else
+#define BNSYM_SIMD_PRAGMA(directive)
+#endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
-#define BNSYM_SIMD BNSYM_OMP(omp simd)
+#define BNSYM_SIMD BNSYM_SIMD_PRAGMA(omp simd)
 /* A cache-line prefetch hint (no effect on results). */
 #if defined(__GNUC__) || defined(__clang__)
 #define BNSYM_PREFETCH(address) __builtin_prefetch(address)
@@ -937,7 +944,7 @@ static void bnsym_backward_train_f32_fold(const double *acc, double *bacc, int64
                 double s = 0.0;
                 for (u = 0; u < L; u += LC * R) {
                     const double *bn_a = acc + j * L + u + c * R;
-                    BNSYM_OMP(omp simd reduction(+:s))
+                    BNSYM_SIMD_PRAGMA(omp simd reduction(+:s))
                     for (r = 0; r < R; ++r)
                         s += bn_a[r];
                 }
@@ -982,7 +989,7 @@ static void bnsym_backward_train_f32_strips(const bnsym_backward_train_f32_ctx *
         for (g = 0; g < nseg; ++g) {
             const float *bn_grad_output = a->grad_output + base + g * stride + c * R;
             const float *bn_x = a->x + base + g * stride + c * R;
-            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            BNSYM_SIMD_PRAGMA(omp simd reduction(+:bn_s0, bn_s1))
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];
@@ -2362,7 +2369,7 @@ static void bnsym_backward_train_f64_fold(const double *acc, double *bacc, int64
                 double s = 0.0;
                 for (u = 0; u < L; u += LC * R) {
                     const double *bn_a = acc + j * L + u + c * R;
-                    BNSYM_OMP(omp simd reduction(+:s))
+                    BNSYM_SIMD_PRAGMA(omp simd reduction(+:s))
                     for (r = 0; r < R; ++r)
                         s += bn_a[r];
                 }
@@ -2407,7 +2414,7 @@ static void bnsym_backward_train_f64_strips(const bnsym_backward_train_f64_ctx *
         for (g = 0; g < nseg; ++g) {
             const double *bn_grad_output = a->grad_output + base + g * stride + c * R;
             const double *bn_x = a->x + base + g * stride + c * R;
-            BNSYM_OMP(omp simd reduction(+:bn_s0, bn_s1))
+            BNSYM_SIMD_PRAGMA(omp simd reduction(+:bn_s0, bn_s1))
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];

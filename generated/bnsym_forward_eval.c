@@ -31,8 +31,15 @@
             BNSYM_OMP(omp barrier) \
         } \
     } while (0)
+/* "omp simd" pragmas: with OpenMP, or without it under -fopenmp-simd -DBNSYM_OPENMP_SIMD (the
+ * pragmas without the threads, which keeps the marked loops vectorized). */
+#if defined(_OPENMP) || defined(BNSYM_OPENMP_SIMD)
+#define BNSYM_SIMD_PRAGMA(directive) _Pragma(#directive)
+#else
+#define BNSYM_SIMD_PRAGMA(directive)
+#endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
-#define BNSYM_SIMD BNSYM_OMP(omp simd)
+#define BNSYM_SIMD BNSYM_SIMD_PRAGMA(omp simd)
 /* A cache-line prefetch hint (no effect on results). */
 #if defined(__GNUC__) || defined(__clang__)
 #define BNSYM_PREFETCH(address) __builtin_prefetch(address)

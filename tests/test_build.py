@@ -265,3 +265,51 @@ def test_cli_cache_info_subprocess_no_sympy(tmp_path):
     p = _run(code, {"BNSYM_CACHE_DIR": str(tmp_path)})
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout
+
+
+# --------------------------------------------------------------------------- OpenMP fallback
+
+
+def _cc_without(tmp_path, rejected):
+    """A compiler wrapper that refuses the options ``rejected`` as a compiler without OpenMP does
+    (e.g. Apple's clang), and otherwise runs the real one."""
+    import shutil
+    real = shutil.which("gcc") or shutil.which("cc")
+    if real is None:
+        pytest.skip("no C compiler")
+    cases = "|".join(rejected)
+    script = tmp_path / "cc-no-openmp"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        for a in "$@"; do
+            case "$a" in
+                {cases}) echo "cc: error: unsupported option '$a'" >&2; exit 1;;
+            esac
+        done
+        exec {real} "$@"
+    """))
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("rejected, simd", [(["-fopenmp"], True),
+                                            (["-fopenmp", "-fopenmp-simd"], False)],
+                         ids=["no-openmp", "no-openmp-no-simd"])
+def test_openmp_fallback(tmp_path, cache, monkeypatch, capfd, rejected, simd):
+    """Without OpenMP the build retries with -fopenmp-simd (the omp simd pragmas alone), then
+    without it; the module works either way and its manifest says which flags built it."""
+    import json
+
+    monkeypatch.setenv("CC", _cc_without(tmp_path, rejected))
+    src = _write_sources(tmp_path / "src")
+    ffi, lib = build.load(src)
+    _probe(lib, ffi, 0)
+    err = capfd.readouterr().err
+    assert "does not support OpenMP; kernels built single-threaded" in err
+    assert ("without 'omp simd'" in err) is (not simd)
+    (manifest,) = cache.glob("_bnsym_k_*.json")
+    meta = json.loads(manifest.read_text())
+    assert meta["openmp"] is False
+    assert "-fopenmp" not in meta["built_cflags"]
+    assert ("-fopenmp-simd" in meta["built_cflags"]) is simd
+    assert ("-DBNSYM_OPENMP_SIMD" in meta["built_cflags"]) is simd

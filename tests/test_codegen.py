@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sympy
 
-from bnsym import _paths, codegen
+from bnsym import _paths, codegen, compiler
 from bnsym.printer import make_printer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,15 +164,17 @@ def test_cli_check_and_out(tmp_path):
 
 
 @needs_cc
-@pytest.mark.parametrize("openmp", [False, True], ids=["serial", "openmp-native"])
+@pytest.mark.parametrize("openmp", [False, "simd", True], ids=["serial", "serial-omp-simd", "openmp-native"])
 def test_generated_compiles_strict(openmp):
-    """Strict C99 without OpenMP (generic code), and with OpenMP and -march=native as the
-    kernels are built (on x86-64 with AVX that includes the streaming stores' vector code)."""
+    """Strict C99 without OpenMP (generic code), with the omp simd pragmas alone (the build's
+    fallback without OpenMP), and with OpenMP and -march=native as the kernels are built (on
+    x86-64 with AVX that includes the streaming stores' vector code)."""
     gdir = _paths.generated_dir()
-    flags = STRICT + ["-O2"] + (["-fopenmp", "-march=native"] if openmp else [])
+    flags = STRICT + ["-O2"] + (["-fopenmp", "-march=native"] if openmp is True
+                                else compiler.OPENMP_SIMD_CFLAGS if openmp == "simd" else [])
     for src in sorted(gdir.glob("*.c")):
         r = subprocess.run([CC, *flags, "-c", str(src), "-o", "/dev/null"], capture_output=True, text=True)
-        if r.returncode != 0 and openmp and "march" in r.stderr:  # a compiler without -march=native
+        if r.returncode != 0 and openmp is True and "march" in r.stderr:  # a compiler without -march=native
             r = subprocess.run([CC, *STRICT, "-O2", "-fopenmp", "-c", str(src), "-o", "/dev/null"],
                                capture_output=True, text=True)
         assert r.returncode == 0, f"{src.name} ({'openmp' if openmp else 'serial'}):\n{r.stderr}"

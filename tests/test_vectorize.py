@@ -1,0 +1,91 @@
+"""The compiler vectorizes every marked loop of the generated kernels (GCC's -fopt-info-vec).
+
+Every loop the templates mark (``BNSYM_SIMD``, ``BNSYM_SIMD_PRAGMA(omp simd ...)``) must be
+reported vectorized by GCC with the build's flags, with OpenMP and with the build's fallback
+without it (``-fopenmp-simd``). A template change that leaves a loop scalar (a call in its body,
+a possible alias, a pragma lost) fails here instead of showing up, maybe, as a slower benchmark.
+"""
+
+import textwrap
+
+import pytest
+
+from bnsym import vectorize
+from bnsym._paths import generated_dir
+
+
+def _report_or_skip(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except vectorize.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_marked_loops_pairs_each_marker_with_its_for():
+    text = textwrap.dedent("""\
+        static void f(float *y, const float *x, int64_t n)
+        {
+            int64_t j;
+            BNSYM_SIMD
+            for (j = 0; j < n; ++j)
+                y[j] = x[j];
+            for (j = 0; j < n; ++j)
+                y[j] += 1;
+        }
+        int g(double *s, const double *x, int64_t n)
+        {
+            int64_t j;
+            double t = 0;
+                    BNSYM_SIMD_PRAGMA(omp simd reduction(+:t))
+            for (j = 0; j < n; ++j)
+                t += x[j];
+            *s = t;
+            return 0;
+        }
+    """)
+    assert vectorize.marked_loops(text) == [
+        (5, "f", "for (j = 0; j < n; ++j)"),
+        (15, "g", "for (j = 0; j < n; ++j)"),
+    ]
+
+
+def test_report_tells_a_scalar_loop_from_a_vector_one(tmp_path):
+    """The check can fail: a marked loop that calls an opaque function stays scalar."""
+    (tmp_path / "probe.c").write_text(textwrap.dedent("""\
+        #include <stdint.h>
+        #if defined(_OPENMP) || defined(BNSYM_OPENMP_SIMD)
+        #define BNSYM_SIMD _Pragma("omp simd")
+        #else
+        #define BNSYM_SIMD
+        #endif
+        double opaque(double v);
+        void scaled(double *restrict y, const double *restrict x, int64_t n)
+        {
+            int64_t j;
+            BNSYM_SIMD
+            for (j = 0; j < n; ++j)
+                y[j] = 2.0 * x[j] + 1.0;
+        }
+        void called(double *restrict y, const double *restrict x, int64_t n)
+        {
+            int64_t j;
+            BNSYM_SIMD
+            for (j = 0; j < n; ++j)
+                y[j] = opaque(x[j]);
+        }
+    """))
+    loops = _report_or_skip(vectorize.report, tmp_path / "probe.c")
+    assert [(lp.function, lp.vectorized) for lp in loops] == [("scaled", True), ("called", False)]
+    assert loops[0].widths and all(w >= 16 for w in loops[0].widths)
+
+
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "serial-omp-simd"])
+def test_every_marked_loop_of_the_kernels_is_vectorized(openmp):
+    result = _report_or_skip(vectorize.report_dir, generated_dir(), openmp=openmp)
+    assert len(result) == 4
+    for name, loops in result.items():
+        text = (generated_dir() / name).read_text()
+        markers = sum(1 for line in text.split("\n") if vectorize._MARKER.match(line))
+        assert markers > 10 and len(loops) == markers, name  # every marker found its loop
+        scalar = [f"line {lp.line} in {lp.function}: {lp.text}" for lp in loops if not lp.vectorized]
+        assert not scalar, f"{name}: marked loops left scalar:\n" + "\n".join(scalar)
