@@ -338,7 +338,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     prm = NULL if rm is None else fb(rm)
     prv = NULL if rv is None else fb(rv)
     if out is None:
-        yk = np.empty(xk.shape, dt)
+        yk = np.empty(shape if perm is None else xk.shape, dt)
         out = yk if perm is None else yk.transpose(_inv_perm(len(shape)))
         py = fb(yk)
         own_out = True
