@@ -139,7 +139,7 @@ def _init():
     A failure (no compiler, compile error) is remembered: later calls raise the same error at
     once instead of compiling again. ``backend="numpy"`` never gets here.
     """
-    global _K, _fb, _NULL, _init_error
+    global _init_error
     from bnsym import build
 
     if _init_error is not None:
@@ -149,14 +149,32 @@ def _init():
     except build.CompileError as exc:
         _init_error = exc
         raise
+    _select_kernels(_kernels(ffi, lib))
+    return _K
+
+
+def _kernels(ffi, lib) -> tuple:
+    """(table, from_buffer, NULL) of a compiled kernel module: what the calls below use. The
+    table holds the four kernels per (dtype, layout), indexed by ``2 * (dtype is float64) +
+    (layout is nsc)``."""
     table = tuple(
         tuple(getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
               for k in ("forward_train", "forward_eval", "backward_train", "backward_eval"))
         for sfx in ("f32", "f64") for layout in ("ncs", "nsc")
     )
-    _fb, _NULL = ffi.from_buffer, ffi.NULL
-    _K = table
-    return table
+    return table, ffi.from_buffer, ffi.NULL
+
+
+def _select_kernels(kernels) -> tuple:
+    """Make ``kernels`` (from :func:`_kernels`, or None: load on next use) the ones calls use;
+    returns the previous selection (``bnsym compare`` switches between two builds this way)."""
+    global _K, _fb, _NULL
+    previous = (_K, _fb, _NULL) if _K is not None else None
+    if kernels is None:
+        _K = None
+    else:
+        _K, _fb, _NULL = kernels
+    return previous
 
 
 def _perm(nd: int) -> tuple:

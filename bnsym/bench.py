@@ -1388,7 +1388,7 @@ def _case_list(text):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"bnsym bench: error: {message} (see 'bnsym bench --help')\n")
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""The ``bnsym`` command line: derive, verify, generate, vectorized, cache, bench, pipeline.
+"""The ``bnsym`` command line: derive, verify, generate, vectorized, cache, bench, compare,
+pipeline.
 
 Each subcommand lives in the module of its pipeline stage; this file only parses arguments and
 dispatches, importing the stage lazily (``bnsym cache info`` never loads sympy). Bad arguments
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see 'bnsym bench -h')")
     p.set_defaults(handler=("bnsym.bench", "cli_bench"))
 
+    p = sub.add_parser("compare", help="time two folders of kernels against each other, call by call in one process")
+    p.add_argument("compare_args", nargs=argparse.REMAINDER, help="options (see 'bnsym compare -h')")
+    p.set_defaults(handler=("bnsym.compare", "cli_compare"))
+
     p = sub.add_parser("pipeline", help="the main job end to end: derive, verify, generate, compile, run")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=("bnsym.pipeline", "cli_pipeline"))
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # the benchmark parses its own options (argparse's REMAINDER refuses a leading '-x')
         args = argparse.Namespace(bench_args=argv[1:], handler=("bnsym.bench", "cli_bench"))
+    elif argv[:1] == ["compare"]:
+        args = argparse.Namespace(compare_args=argv[1:], handler=("bnsym.compare", "cli_compare"))
     else:
         args = parser.parse_args(argv)
     module_name, func_name = args.handler

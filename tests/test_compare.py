@@ -1,0 +1,75 @@
+"""bnsym compare: two folders of kernels timed call by call in one process, outputs compared."""
+
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from bnsym import api, compare
+from bnsym._paths import generated_dir
+
+CASES = [(16, 8), (2, 4, 5, 6)]
+FAST = {"min_time": 0.0, "min_samples": 3, "warm_time": 0.0}
+
+
+def test_time_pair_alternates_and_counts():
+    calls = []
+    ta, tb = compare.time_pair(lambda: calls.append("a"), lambda: calls.append("b"),
+                               min_samples=4, min_time=0.0, warm_time=0.0)
+    assert len(ta) == len(tb) == 4
+    timed = calls[6:]  # after three warm-up pairs
+    assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_difference_is_zero_only_for_bitwise_equal_outputs():
+    a = [np.array([1.0, -2.0, 4.0]), np.array([3.0])]
+    assert compare._difference(a, [x.copy() for x in a]) == 0.0
+    b = [np.array([1.0, -2.0, 4.0 + 4e-6]), np.array([3.0])]
+    assert compare._difference(a, b) == pytest.approx(1e-6)
+    nan = [np.array([np.nan, 1.0])]
+    assert compare._difference(nan, [np.array([np.nan, 1.0])]) == 0.0
+    assert compare._difference(nan, [np.array([1.0, np.nan])]) == math.inf
+
+
+def test_same_folder_is_bitwise_itself_and_restores_the_api(kernels):
+    before = api._K, api.get_num_threads()
+    report = compare.compare(generated_dir(), generated_dir(), CASES, ["float32", "float64"],
+                             ["nchw", "nhwc"], [1, 2], ["fwd", "infer", "bwd"], progress=False,
+                             timing=FAST)
+    # 2-D: one layout; 4-D: two; times 2 dtypes, 2 thread counts, 3 passes
+    assert len(report["rows"]) == (1 + 2) * 2 * 2 * 3
+    for r in report["rows"]:
+        assert r["difference"] == 0.0, r
+        assert r["a_min"] > 0 and r["b_min"] > 0 and r["samples"] >= 3
+        assert r["ratio_min"] == pytest.approx(r["b_min"] / r["a_min"])
+    assert set(report["geomean"]) == {"fwd", "infer", "bwd"}
+    assert (api._K, api.get_num_threads()) == before
+    text = compare.format_compare(report)
+    assert "bitwise A's" in text and "geometric mean of B/A" in text
+
+
+def test_a_changed_kernel_is_reported(tmp_path, kernels):
+    """B = the package's kernels with the double sqrt scaled by 1 + 1e-7 in the inference file
+    only: inference differs (the per-channel coefficients of both dtypes are computed in double),
+    the training forward (another file) stays bitwise the same."""
+    b = tmp_path / "b"
+    shutil.copytree(generated_dir(), b)
+    path = b / "bnsym_forward_eval.c"
+    text = path.read_text()
+    anchor = "#include <string.h>\n"
+    assert anchor in text
+    path.write_text(text.replace(anchor, anchor + "#define sqrt(v) (1.0000001 * (sqrt)(v))\n", 1))
+    report = compare.compare(generated_dir(), b, [(16, 8)], ["float32", "float64"], ["nchw"], [1],
+                             ["fwd", "infer"], progress=False, timing=FAST)
+    diff = {(r["dtype"], r["pass"]): r["difference"] for r in report["rows"]}
+    assert 1e-8 < diff[("float64", "infer")] < 1e-6
+    assert 0.0 < diff[("float32", "infer")] < 1e-6
+    assert diff[("float64", "fwd")] == diff[("float32", "fwd")] == 0.0
+    assert re.search(r"differ: \d\.\de-0[78] rel", compare.format_compare(report))
+
+
+def test_cli_refuses_a_folder_without_kernels(tmp_path, capsys):
+    assert compare.main([str(tmp_path)]) == 2
+    assert "holds no bnsym.h" in capsys.readouterr().err
