@@ -197,9 +197,15 @@ def main(argv=None, prog="bnsym compare") -> int:
             return 2
     print(f"bnsym compare: loading the kernels of {base} (A) and {ns.b} (B); a folder not in the "
           f"cache is compiled first (about 20 s)", file=sys.stderr, flush=True)
-    report = compare(base, ns.b, ns.cases or list(bench.DEFAULT_CASES), ns.dtypes, ns.layouts,
-                     ns.threads, ns.passes, seed=ns.seed, progress=ns.progress,
-                     timing={"min_time": ns.min_time, "min_samples": ns.min_samples})
+    from bnsym.build import CompileError
+
+    try:
+        report = compare(base, ns.b, ns.cases or list(bench.DEFAULT_CASES), ns.dtypes, ns.layouts,
+                         ns.threads, ns.passes, seed=ns.seed, progress=ns.progress,
+                         timing={"min_time": ns.min_time, "min_samples": ns.min_samples})
+    except CompileError as exc:  # carries the compiler's command and output
+        print(f"bnsym compare: {exc}", file=sys.stderr)
+        return 1
     print(format_compare(report))
     if ns.json:
         Path(ns.json).write_text(json.dumps(report, indent=1, default=str))

@@ -136,6 +136,10 @@ def cli_vectorized(args) -> int:
     folder = Path(args.dir) if args.dir else kernel_dir()
     openmp = not args.no_openmp
     n_files = len(list(folder.glob("*.c")))
+    if n_files == 0:
+        print(f"bnsym vectorized: no *.c kernels in {folder} (a folder as 'bnsym generate --out' "
+              f"writes)", file=sys.stderr)
+        return 2
     done = []
 
     def progress(name):
@@ -148,8 +152,11 @@ def cli_vectorized(args) -> int:
     try:
         result = report_dir(folder, openmp=openmp, progress=progress)
     except Unavailable as exc:
-        print(f"\nbnsym: {exc}", file=sys.stderr)
+        print(f"\nbnsym vectorized: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # the compiler failed: its command and output
+        print(f"\nbnsym vectorized: {exc}", file=sys.stderr)
+        return 1
     print(file=sys.stderr)
     missed = 0
     for name, loops in result.items():

@@ -73,3 +73,13 @@ def test_a_changed_kernel_is_reported(tmp_path, kernels):
 def test_cli_refuses_a_folder_without_kernels(tmp_path, capsys):
     assert compare.main([str(tmp_path)]) == 2
     assert "holds no bnsym.h" in capsys.readouterr().err
+
+
+def test_cli_reports_a_folder_that_does_not_compile(tmp_path, capsys, monkeypatch, kernels):
+    monkeypatch.setenv("BNSYM_CACHE_DIR", str(tmp_path / "cache"))
+    b = tmp_path / "b"
+    shutil.copytree(generated_dir(), b)
+    (b / "bnsym_forward_eval.c").write_text("int broken(void) { return undeclared_name; }\n")
+    assert compare.main([str(b), "--cases", "4x8", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "undeclared_name" in err and "bnsym_forward_eval.c" in err

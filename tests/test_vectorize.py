@@ -89,3 +89,18 @@ def test_every_marked_loop_of_the_kernels_is_vectorized(openmp):
         assert markers > 10 and len(loops) == markers, name  # every marker found its loop
         scalar = [f"line {lp.line} in {lp.function}: {lp.text}" for lp in loops if not lp.vectorized]
         assert not scalar, f"{name}: marked loops left scalar:\n" + "\n".join(scalar)
+
+
+def test_cli_explains_an_empty_folder_and_a_compile_error(tmp_path, capsys):
+    from bnsym.cli import main
+
+    assert main(["vectorized", str(tmp_path)]) == 2
+    assert "no *.c kernels" in capsys.readouterr().err
+    (tmp_path / "broken.c").write_text("int f(void) { return undeclared_name; }\n")
+    rc = main(["vectorized", str(tmp_path)])
+    err = capsys.readouterr().err
+    if "gives no GCC vectorization remarks" in err:
+        pytest.skip("not GCC")
+    assert rc == 1
+    assert "compiling broken.c failed" in err and "undeclared_name" in err
+    assert "-fopt-info-vec-optimized=" in err  # the command that failed
