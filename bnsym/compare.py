@@ -33,11 +33,34 @@ from bnsym import bench
 __all__ = ["compare", "format_compare", "main", "cli_compare"]
 
 
+_FULL_SET = ("the full set with the default prefix, as 'bnsym generate --out DIR' writes it "
+             "without --prefix, --dtypes or --layouts")
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be compared (checked before anything is compiled), or None."""
+    header = folder / "bnsym.h"
+    if not header.is_file():
+        return "holds no bnsym.h"
+    text = header.read_text(errors="replace")
+    missing = [f"bnsym_{k}_{sfx}_{lay}" for k in ("forward_train", "forward_eval", "backward_train",
+                                                   "backward_eval")
+               for sfx in ("f32", "f64") for lay in ("ncs", "nsc")
+               if f"bnsym_{k}_{sfx}_{lay}(" not in text]
+    if missing:
+        return f"declares no {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"
+    return None
+
+
 def _load(folder: Path):
     from bnsym import api, build
 
     ffi, lib = build.load(folder)
-    return api._kernels(ffi, lib)
+    try:
+        return api._kernels(ffi, lib)
+    except AttributeError as exc:
+        raise ValueError(f"the kernels of {folder} are not the full set ({exc}); bnsym compare "
+                         f"calls them through the API, which needs {_FULL_SET}") from None
 
 
 def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_time=0.05):
@@ -191,9 +214,10 @@ def main(argv=None, prog="bnsym compare") -> int:
     ns = build_parser(prog).parse_args(argv)
     base = Path(ns.base) if ns.base else kernel_dir()
     for name, folder in (("DIR", Path(ns.b)), ("--base", base)):
-        if not (folder / "bnsym.h").is_file():
-            print(f"bnsym compare: {name} {folder} holds no bnsym.h (a folder of kernels, "
-                  f"as 'bnsym generate --out' writes)", file=sys.stderr)
+        problem = _folder_problem(folder)
+        if problem:
+            print(f"bnsym compare: {name} {folder} {problem}: it needs a folder of kernels, "
+                  f"{_FULL_SET}", file=sys.stderr)
             return 2
     print(f"bnsym compare: loading the kernels of {base} (A) and {ns.b} (B); a folder not in the "
           f"cache is compiled first (about 20 s)", file=sys.stderr, flush=True)
@@ -206,6 +230,9 @@ def main(argv=None, prog="bnsym compare") -> int:
     except CompileError as exc:  # carries the compiler's command and output
         print(f"bnsym compare: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"bnsym compare: {exc}", file=sys.stderr)
+        return 2
     print(format_compare(report))
     if ns.json:
         Path(ns.json).write_text(json.dumps(report, indent=1, default=str))

@@ -83,3 +83,16 @@ def test_cli_reports_a_folder_that_does_not_compile(tmp_path, capsys, monkeypatc
     assert compare.main([str(b), "--cases", "4x8", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "undeclared_name" in err and "bnsym_forward_eval.c" in err
+
+
+def test_cli_refuses_a_partial_set_before_compiling(tmp_path, capsys):
+    """A float32-only folder (``bnsym generate --out --dtypes float32``) is refused up front."""
+    b = tmp_path / "b"
+    shutil.copytree(generated_dir(), b)
+    header = b / "bnsym.h"
+    header.write_text("\n".join(line for line in header.read_text().split("\n")
+                                if "_f64_" not in line))
+    assert compare.main([str(b), "--cases", "4x8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "declares no bnsym_forward_train_f64_ncs" in err and "--dtypes" in err
+    assert "compiling" not in err
