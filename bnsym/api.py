@@ -153,15 +153,19 @@ def _init():
     return _K
 
 
+# the C names of the table's kernels, in its order
+KERNEL_NAMES = tuple(
+    tuple(f"bnsym_{k}_{sfx}_{layout}"
+          for k in ("forward_train", "forward_eval", "backward_train", "backward_eval"))
+    for sfx in ("f32", "f64") for layout in ("ncs", "nsc")
+)
+
+
 def _kernels(ffi, lib) -> tuple:
     """(table, from_buffer, NULL) of a compiled kernel module: what the calls below use. The
     table holds the four kernels per (dtype, layout), indexed by ``2 * (dtype is float64) +
-    (layout is nsc)``."""
-    table = tuple(
-        tuple(getattr(lib, f"bnsym_{k}_{sfx}_{layout}")
-              for k in ("forward_train", "forward_eval", "backward_train", "backward_eval"))
-        for sfx in ("f32", "f64") for layout in ("ncs", "nsc")
-    )
+    (layout is nsc)`` (names: :data:`KERNEL_NAMES`)."""
+    table = tuple(tuple(getattr(lib, name) for name in row) for row in KERNEL_NAMES)
     return table, ffi.from_buffer, ffi.NULL
 
 

@@ -42,11 +42,10 @@ def _folder_problem(folder: Path) -> str | None:
     header = folder / "bnsym.h"
     if not header.is_file():
         return "holds no bnsym.h"
+    from bnsym.api import KERNEL_NAMES
+
     text = header.read_text(errors="replace")
-    missing = [f"bnsym_{k}_{sfx}_{lay}" for k in ("forward_train", "forward_eval", "backward_train",
-                                                   "backward_eval")
-               for sfx in ("f32", "f64") for lay in ("ncs", "nsc")
-               if f"bnsym_{k}_{sfx}_{lay}(" not in text]
+    missing = [name for row in KERNEL_NAMES for name in row if f"{name}(" not in text]
     if missing:
         return f"declares no {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"
     return None
