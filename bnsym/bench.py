@@ -39,6 +39,13 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   ``~`` in the table.
 * Ratios are taken between numbers measured in the same run, close together in time (the machine is
   shared and noisy: treat differences under ~1.3x in a single cell as noise).
+* Cells where bnsym's time is above torch's are timed again with bnsym and torch alternating call
+  by call in one loop (A B B A, :func:`measure_pair`), so that both see the same machine state; the
+  table keeps its numbers (the "never slower" target is judged on them), and the re-timed ratios
+  are printed below it and kept in the JSON (``retimed``).
+* The tiny call (4x8 float32, training) is also timed bare: its kernel called through cffi with its
+  buffers and no checks (:func:`bare_tiny_call`), the least a call through NumPy and cffi costs;
+  ``batch_norm`` minus that is the Python layer's share.
 
 The sweep (on by default, ``--no-sweep`` to skip, ``--sweep`` to add it to ``--quick``) times one
 layout (NCHW, (2, 32, H, W)) and dtype at one thread for sizes from 4 KiB to 256 MiB per tensor, and
@@ -350,6 +357,47 @@ def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
         "faults_per_call": (flt1 - flt0) / len(times),
         "steal_frac": ((st1[0] - st0[0]) / total) if total > 0 else 0.0,
     }
+
+
+def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
+    """Time two callables call by call in one loop, in the order A B B A (repeated), so that both
+    see the same machine state; medians and minima of each, and their ratios A/B.
+
+    The table's cells time one implementation at a time, a few seconds apart: on a shared host a
+    cell can move by 1.3x between two such windows. This protocol is the one that decides whether
+    A is really slower than B. Warm-up as in :func:`measure`; at least ``cfg.min_samples`` calls of
+    each and ``2 * cfg.min_time`` s in all (at most ``cfg.max_samples`` of each). GC off.
+    """
+    perf = time.perf_counter
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = perf()
+        calls = 0
+        while calls < cfg.warm_calls or perf() - start < cfg.warm_time:
+            fa()
+            fb()
+            calls += 1
+        ta, tb = [], []
+        t0 = perf()
+        k = 0
+        while True:
+            for fn, out in ((fa, ta), (fb, tb)) if k % 2 == 0 else ((fb, tb), (fa, ta)):
+                a = perf()
+                fn()
+                b = perf()
+                out.append(b - a)
+            k += 1
+            n = len(ta)
+            if n >= cfg.max_samples or (n >= cfg.min_samples and b - t0 >= 2 * cfg.min_time):
+                break
+    finally:
+        if was_enabled:
+            gc.enable()
+    ma, mb = float(np.median(ta)), float(np.median(tb))
+    na, nb = float(min(ta)), float(min(tb))
+    return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": len(ta),
+            "ratio_median": _ratio(ma, mb), "ratio_min": _ratio(na, nb)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -807,6 +855,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
     del checks
 
     results = {}  # (threads, pass, impl) -> list of measurement dicts
+    retimed = {}  # (threads, pass) -> bnsym and torch timed call by call (cells bnsym lost)
     waited = wait_quiet(cfg.wait_quiet)
     for t in cfg.threads:
         _set_threads(t, api, torch, have["bnsym"])
@@ -838,6 +887,21 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
             for key, fn in todo:
                 results[key].append(measure(fn, cfg))
                 progress.step()
+        # A cell whose bnsym time is above torch's: the two again, call by call in one loop
+        # (measure_pair), which tells a real difference from the host drifting between two windows.
+        if "bnsym" in fns and "torch" in fns:
+            for p in cfg.passes:
+                mb, mt = results.get((t, p, "bnsym")), results.get((t, p, "torch"))
+                if mb and mt and min(m["median"] for m in mb) > min(m["median"] for m in mt):
+                    progress.add(1)
+                    pair = measure_pair(fns["bnsym"][p], fns["torch"][p], cfg)
+                    retimed[(t, p)] = {
+                        "bnsym_median": pair["a_median"], "torch_median": pair["b_median"],
+                        "bnsym_min": pair["a_min"], "torch_min": pair["b_min"],
+                        "samples": pair["samples"], "ratio_median": pair["ratio_median"],
+                        "ratio_min": pair["ratio_min"],
+                    }
+                    progress.step()
 
     numpy_threads = cfg.threads[0] if cfg.threads else 1
     for t in cfg.threads:
@@ -870,6 +934,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                     "steal_frac": [m["steal_frac"] for m in ms],
                     "measured_threads": key[0],
                 }
+            row["retimed"] = retimed.get((t, p))
             row["waited_s"] = waited
             row["contended"] = any(v.get("all_contended") for k, v in row["details"].items() if k != "numpy")
             _add_ratios(row)
@@ -952,6 +1017,35 @@ def _run_sweep(cfg, report, api, torch, floor, have, progress):
 # fixed costs: tiny call, import, compile
 
 
+def bare_tiny_call(api, x, w, b):
+    """The tiny call's kernel (training forward, float32, contiguous) called through cffi with its
+    buffers and nothing else: a fresh output, ``ffi.from_buffer`` of the six arrays and the call, at
+    1 thread. This is what ``batch_norm`` would cost without its argument checks and dispatch; the
+    difference between the two is the Python layer's. None when ``api`` is not bnsym's own API
+    (or the kernels are unavailable).
+    """
+    try:
+        from bnsym import api as bn_api  # noqa: PLC0415
+
+        if getattr(api, "batch_norm", None) is not bn_api.batch_norm:
+            return None
+        table = bn_api._K or bn_api._init()
+    except Exception:  # noqa: BLE001 - no kernels: nothing to compare with
+        return None
+    kern = table[0][0]  # bnsym_forward_train_f32_ncs (bn_api.KERNEL_NAMES[0][0])
+    fb, null = bn_api._fb, bn_api._NULL
+    n, c = x.shape
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    f32 = np.float32
+
+    def call():
+        y = np.empty((n, c), f32)
+        kern(n, c, 1, fb(x), fb(y), fb(w), fb(b), fb(rm), fb(rv), null, null, EPS, MOMENTUM, 0, 1)
+        return y
+
+    return call
+
+
 def _run_overheads(cfg, api, torch, have) -> dict:
     out = {}
     tiny_cfg = BenchConfig(**{**cfg.__dict__, "max_samples": max(cfg.max_samples, 2000)})
@@ -967,6 +1061,9 @@ def _run_overheads(cfg, api, torch, have) -> dict:
         rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
         bn = api.batch_norm
         fns["bnsym"] = lambda: bn(x, rm, rv, w, b, True, MOMENTUM, EPS)
+        bare = bare_tiny_call(api, x, w, b)
+        if bare is not None:
+            fns["bnsym_bare"] = bare
     if torch is not None:
         torch.set_num_threads(1)
         F = torch.nn.functional
@@ -1083,9 +1180,17 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
         worst, wr = max(ratios, key=lambda t: t[0])
         slower = sum(1 for v, _ in ratios if v > 1.0)
         beyond = sum(1 for v, _ in ratios if v > 1.3)
+        detail = (f"worst {_row_label(wr)}; {slower} of {len(ratios)} cells slower, "
+                  f"{beyond} by more than the 1.3x noise band")
+        again = [(r["retimed"]["ratio_median"], r) for _, r in ratios
+                 if r.get("retimed") and r["retimed"].get("ratio_median") is not None]
+        if again:
+            still = [(v, r) for v, r in again if v > 1.0]
+            detail += (f"; re-timed call by call with torch: {len(still)} of {len(again)} still slower"
+                       + (f", worst {max(still, key=lambda t: t[0])[0]:.2f} "
+                          f"({_row_label(max(still, key=lambda t: t[0])[1])})" if still else ""))
         add("never_slower", "bnsym never slower than torch (max bnsym/torch <= 1)", worst, 1.0,
-            worst <= 1.0, f"worst {_row_label(wr)}; {slower} of {len(ratios)} cells slower, "
-            f"{beyond} by more than the 1.3x noise band")
+            worst <= 1.0, detail)
     else:
         add("never_slower", "bnsym never slower than torch (max bnsym/torch <= 1)", None, 1.0, None,
             "needs bnsym and torch")
@@ -1109,7 +1214,10 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
     r = _ratio(tb, tt)
     add("tiny", f"tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} batch_norm(training) <= {TARGETS['tiny']}x torch F.batch_norm",
         r, TARGETS["tiny"], None if r is None else r <= TARGETS["tiny"],
-        "" if r is None else f"bnsym {tb * 1e6:.2f} us, torch {tt * 1e6:.2f} us")
+        "" if r is None else f"bnsym {tb * 1e6:.2f} us, torch {tt * 1e6:.2f} us"
+        + ("" if oh.get("tiny_bnsym_bare_s") is None else
+           f"; the bare kernel call {oh['tiny_bnsym_bare_s'] * 1e6:.2f} us, "
+           f"{oh['tiny_bnsym_bare_s'] / tt:.2f}x torch"))
     imp = oh.get("import", {})
     v = imp.get("ready_s")
     add("import", f"import bnsym + first call, cached module, numpy preloaded < {TARGETS['import_s'] * 1e3:.0f} ms",
@@ -1182,6 +1290,17 @@ def format_report(report: dict) -> str:
                      "treat it with care")
     if bad:
         lines.append("! bnsym output differs from the reference beyond tolerance (see 'checks' in the JSON)")
+    again = [r for r in report["rows"] if r.get("retimed")]
+    if again:
+        lines.append("")
+        lines.append("cells where bnsym took longer than torch, timed again call by call (bnsym and torch "
+                     "alternating in one loop, A B B A):")
+        table = [("cell", "bnsym us", "torch us", "bnsym/torch", "of the minima", "samples")]
+        for r in again:
+            rt = r["retimed"]
+            table.append((_row_label(r), fmt_us(rt["bnsym_median"]), fmt_us(rt["torch_median"]),
+                          fmt_ratio(rt["ratio_median"]), fmt_ratio(rt["ratio_min"]), str(rt["samples"])))
+        lines.extend("  " + ln for ln in _align(table, left=1))
     summ = report.get("summary", {})
     geo = summ.get("geomean_speedup_vs_torch", {})
     if geo and not any(g.get("n") for g in geo.values()):
@@ -1206,9 +1325,12 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append("fixed costs:")
         if "tiny_bnsym_s" in oh or "tiny_torch_s" in oh:
+            bare = oh.get("tiny_bnsym_bare_s")
             lines.append(f"  tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} f32 training call, 1 thread: "
-                         f"bnsym.batch_norm {fmt_us(oh.get('tiny_bnsym_s'))} us, "
-                         f"torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
+                         f"bnsym.batch_norm {fmt_us(oh.get('tiny_bnsym_s'))} us"
+                         + (f" (its kernel called through cffi with its buffers, no checks: "
+                            f"{fmt_us(bare)} us)" if bare is not None else "")
+                         + f", torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
         imp = oh.get("import")
         if imp and "error" not in imp:
             lines.append(f"  fresh interpreter (median of {imp['runs']}, cached module): import numpy "

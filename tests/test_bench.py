@@ -282,3 +282,77 @@ def test_from_json_reprints_the_same_table(tmp_path, capsys, fake_api):
     table = [ln for ln in out.splitlines() if ln.startswith(("16x8 ", "2x4x3x3 "))]
     assert table == [ln for ln in again.splitlines() if ln.startswith(("16x8 ", "2x4x3x3 "))]
     assert "targets:" in again
+
+
+def test_measure_pair_alternates_and_compares():
+    """A B B A order (after an A B warm-up), one sample of each per call, ratios of what was timed."""
+    log = []
+    cfg = bench.BenchConfig(min_samples=4, min_time=0.0, warm_calls=1, warm_time=0.0)
+    m = bench.measure_pair(lambda: log.append("A"), lambda: log.append("B"), cfg)
+    assert "".join(log) == "AB" + "ABBAABBA"
+    assert m["samples"] == 4
+    assert m["ratio_median"] == pytest.approx(m["a_median"] / m["b_median"])
+    assert m["ratio_min"] == pytest.approx(m["a_min"] / m["b_min"])
+    # a slower A shows as a ratio above 1, whatever the host does meanwhile
+    import time
+
+    slow = bench.measure_pair(lambda: time.sleep(0.003), lambda: None,
+                              bench.BenchConfig(min_samples=5, min_time=0.0, warm_calls=1, warm_time=0.0))
+    assert slow["ratio_median"] > 10 and slow["ratio_min"] > 10
+
+
+def test_slower_cells_are_timed_again_call_by_call(tmp_path, capsys, fake_api):
+    """The NumPy stand-in loses to torch: those cells get a call-by-call re-timing, reported."""
+    pytest.importorskip("torch")
+    report, out = _run(tmp_path, capsys, ["--threads", "1", "--dtypes", "float32", "--no-overheads"])
+    rows = report["rows"]
+    for r in rows:
+        t = r["times"]
+        if t["bnsym"] > t["torch"]:
+            rt = r["retimed"]
+            assert rt["samples"] >= 3
+            assert rt["ratio_median"] == pytest.approx(rt["bnsym_median"] / rt["torch_median"])
+            assert rt["ratio_min"] == pytest.approx(rt["bnsym_min"] / rt["torch_min"])
+        else:
+            assert r["retimed"] is None
+    again = [r for r in rows if r["retimed"]]
+    assert again, "the NumPy stand-in is never faster than torch on every cell"
+    assert "timed again call by call" in out
+    for r in again:
+        assert bench._row_label(r) in out
+    never = next(t for t in report["summary"]["targets"] if t["name"] == "never_slower")
+    assert "re-timed call by call with torch: " in never["detail"]
+    still = sum(1 for r in again if r["retimed"]["ratio_median"] > 1.0)
+    assert f"{still} of {len(again)} still slower" in never["detail"]
+
+
+def test_bare_tiny_call_is_the_kernel_of_batch_norm():
+    """The tiny call's bare kernel call computes what bnsym.batch_norm does (same kernel, bitwise);
+    it is only measured for bnsym's own API."""
+    import bnsym
+    from bnsym import api as bn_api
+
+    try:
+        bn_api._K or bn_api._init()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"kernels unavailable: {exc}")
+    assert bn_api.KERNEL_NAMES[0][0] == "bnsym_forward_train_f32_ncs"
+    api, err = bench._load_api()
+    assert err is None
+    rng = np.random.default_rng(3)
+    n, c = bench.TINY_SHAPE
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    w = (1 + rng.standard_normal(c)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    bare = bench.bare_tiny_call(api, x, w, b)
+    threads = bnsym.get_num_threads()
+    bnsym.set_num_threads(1)
+    try:
+        want = bnsym.batch_norm(x, np.zeros(c, np.float32), np.ones(c, np.float32), w, b, True,
+                                bench.MOMENTUM, bench.EPS)
+    finally:
+        bnsym.set_num_threads(threads)
+    got = bare()
+    assert got.dtype == np.float32 and got.shape == (n, c)
+    assert np.array_equal(got, want)
+    assert bench.bare_tiny_call(_FakeAPI(), x, w, b) is None
