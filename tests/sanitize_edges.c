@@ -28,14 +28,8 @@ enum { NCS = 0, NSC = 1 };
 static long checks = 0, failures = 0;
 static const char *ctx = "";
 
-static uint64_t rs = 0x9E3779B97F4A7C15ULL;
-static double rnd(void) /* uniform in [-1, 1) */
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (double)(rs >> 11) / 4503599627370496.0 - 1.0;
-}
+#define RND_SEED 0x9E3779B97F4A7C15ULL
+#include "c/rnd.h"
 
 static int64_t at(int lay, int64_t C, int64_t S, int64_t n, int64_t c, int64_t s)
 {

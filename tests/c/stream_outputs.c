@@ -12,14 +12,7 @@
 
 #include "bnsym.h"
 
-static uint64_t rng_state = 88172645463325252ULL;
-static double rnd(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 4503599627370496.0 - 1.0;
-}
+#include "rnd.h"
 
 static uint64_t digest(const void *p, size_t bytes) /* FNV-1a */
 {

@@ -18,14 +18,7 @@ enum { NCS = 0, NSC = 1 };
 static int failures = 0;
 static int checks = 0;
 
-static uint64_t rng_state = 88172645463325252ULL;
-static double rnd(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 4503599627370496.0 - 1.0;
-}
+#include "rnd.h"
 
 static int64_t idx(int layout, int64_t N, int64_t C, int64_t S, int64_t n, int64_t c, int64_t s)
 {
