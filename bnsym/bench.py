@@ -359,41 +359,48 @@ def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
     }
 
 
-def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
-    """Time two callables call by call in one loop, in the order A B B A (repeated), so that both
-    see the same machine state; medians and minima of each, and their ratios A/B.
+def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_calls=3, warm_time=0.05):
+    """Samples of ``fa()`` and ``fb()`` taken call by call in one loop, in the order A B B A
+    (repeated), so that both see the same machine state: (times of a, times of b), seconds.
 
-    The table's cells time one implementation at a time, a few seconds apart: on a shared host a
-    cell can move by 1.3x between two such windows. This protocol is the one that decides whether
-    A is really slower than B. Warm-up as in :func:`measure`; at least ``cfg.min_samples`` calls of
-    each and ``2 * cfg.min_time`` s in all (at most ``cfg.max_samples`` of each). GC off.
+    Warm-up: ``fa(); fb()`` at least ``warm_calls`` times and ``warm_time`` s; then at least
+    ``min_samples`` of each and ``min_time`` s in all, at most ``max_samples`` of each. GC off.
     """
     perf = time.perf_counter
-    was_enabled = gc.isenabled()
+    was = gc.isenabled()
     gc.disable()
     try:
-        start = perf()
-        calls = 0
-        while calls < cfg.warm_calls or perf() - start < cfg.warm_time:
+        t0 = perf()
+        n = 0
+        while n < warm_calls or perf() - t0 < warm_time:
             fa()
             fb()
-            calls += 1
+            n += 1
         ta, tb = [], []
         t0 = perf()
-        k = 0
         while True:
-            for fn, out in ((fa, ta), (fb, tb)) if k % 2 == 0 else ((fb, tb), (fa, ta)):
-                a = perf()
-                fn()
-                b = perf()
-                out.append(b - a)
-            k += 1
-            n = len(ta)
-            if n >= cfg.max_samples or (n >= cfg.min_samples and b - t0 >= 2 * cfg.min_time):
-                break
+            for f, t in (((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta))):
+                s = perf()
+                f()
+                t.append(perf() - s)
+            if len(ta) >= max_samples or (len(ta) >= min_samples and perf() - t0 >= min_time):
+                return ta, tb
     finally:
-        if was_enabled:
+        if was:
             gc.enable()
+
+
+def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
+    """:func:`time_pair` with the benchmark's protocol (``2 * cfg.min_time`` s in all, so that each
+    gets about a cell's sampling time): medians and minima of each, and their ratios A/B.
+
+    The table's cells time one implementation at a time, a few seconds apart: on a shared host a
+    cell can move by 1.3x between two such windows. Alternating call by call is what decides
+    whether A is really slower than B.
+    """
+    ta, tb = time_pair(fa, fb, min_samples=cfg.min_samples, min_time=2 * cfg.min_time,
+                       max_samples=cfg.max_samples, warm_calls=cfg.warm_calls,
+                       warm_time=cfg.warm_time)
     ma, mb = float(np.median(ta)), float(np.median(tb))
     na, nb = float(min(ta)), float(min(tb))
     return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": len(ta),

@@ -19,16 +19,15 @@ Runtime path: not imported by ``import bnsym``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bnsym import bench
+from bnsym.bench import time_pair
 
 __all__ = ["compare", "format_compare", "main", "cli_compare"]
 
@@ -60,32 +59,6 @@ def _load(folder: Path):
     except AttributeError as exc:
         raise ValueError(f"the kernels of {folder} are not the full set ({exc}); bnsym compare "
                          f"calls them through the API, which needs {_FULL_SET}") from None
-
-
-def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_time=0.05):
-    """Interleaved samples of ``fa()`` and ``fb()``: (times of a, times of b), seconds."""
-    perf = time.perf_counter
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = perf()
-        n = 0
-        while n < 3 or perf() - t0 < warm_time:
-            fa()
-            fb()
-            n += 1
-        ta, tb = [], []
-        t0 = perf()
-        while True:
-            for f, t in (((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta))):
-                s = perf()
-                f()
-                t.append(perf() - s)
-            if len(ta) >= max_samples or (len(ta) >= min_samples and perf() - t0 >= min_time):
-                return ta, tb
-    finally:
-        if was:
-            gc.enable()
 
 
 def _outputs(result) -> list:
