@@ -237,22 +237,42 @@ def _out(o, name, shape, dt, layout, perm=None):
     return _checks.out_array(o, name, shape, dt, layout, perm)
 
 
+def _owner(a):
+    """The array that owns ``a``'s memory: ``a`` itself, or its base when that is an ndarray that
+    owns its memory (``a`` is a view of it: a channels-last transpose, a slice); else None (memory
+    of another object, or of a view of one: the pointers decide).
+
+    Two different arrays that own their memory are two allocations, and a view lies inside its
+    base's: arrays with different owners never overlap, which the checks below decide without
+    comparing addresses."""
+    if a.flags.owndata:
+        return a
+    b = a.base
+    if type(b) is _ndarray and b.flags.owndata:
+        return b
+    return None
+
+
 def _apart(arrays) -> bool:
-    """True when the arrays given (None skipped) are distinct objects that all own their memory:
-    distinct allocations never overlap, which is decided here without comparing addresses."""
+    """True when the arrays given (None skipped) all have owners (:func:`_owner`) and no two
+    share one: then no two overlap."""
     n = 0
     ids = set()
     for a in arrays:
         if a is not None:
-            if not a.flags.owndata:
-                return False
-            ids.add(id(a))
+            if a.flags.owndata:  # _owner, inline for the common case
+                ids.add(id(a))
+            else:
+                o = a.base
+                if type(o) is not _ndarray or not o.flags.owndata:
+                    return False
+                ids.add(id(o))
             n += 1
     return len(ids) == n
 
 
 def _apart_from(a, others) -> bool:
-    """True when ``a`` owns its memory and is none of ``others`` (which own theirs)."""
+    """True when ``a`` owns its memory and is none of ``others`` (owners of the other operands)."""
     if not a.flags.owndata:
         return False
     for o in others:
@@ -333,9 +353,14 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         perm = None
         layout = "ncs"
         own = own and f.owndata
+        xo = x
     else:
         x, layout, perm = _layout(x)
-        own = False  # decided by the pointer checks
+        # a channels-last input is a view: its memory is its base's (a statistic, of shape
+        # (C,), cannot hold a training batch laid out as N*S > 1 rows of C); a copy (other
+        # strides) leaves the caller's array to the pointer checks
+        xo = _owner(x) if own and x is x0 else None
+        own = xo is not None and xo is not rm and xo is not rv
     if out is not None:
         out = _out(out, "out", shape, dt, layout, perm)
     if training and want_save:
@@ -364,13 +389,15 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         out = yk if perm is None else yk.transpose(_inv_perm(len(shape)))
         py = fb(yk)
         own_out = True
+        oo = yk
     else:
         py = fb(out if perm is None else out.transpose(perm))
         if x is not x0:  # the kernel reads a copy: check out against the caller's array too
             _checks.no_overlap([("out", out)], [("input", x0)])
-        # out may be exactly the input (in place)
-        own_out = (own and out.flags.owndata and out is not w and out is not b and out is not rm
-                   and out is not rv)
+        # out may be exactly the input (in place); owners decide the rest (see _owner)
+        oo = (out if out.flags.owndata else _owner(out)) if own else None
+        own_out = (oo is not None and oo is not w and oo is not b and oo is not rm
+                   and oo is not rv and (oo is not xo or out is x0))
         if not own_out:
             _overlap("out", py, (("input", px), ("weight", pw), ("bias", pb),
                                  ("running_mean", prm), ("running_var", prv)), NULL, alias="input")
@@ -404,8 +431,8 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             # operand overlaps none)
             if (user_sm or user_si) and not (
                     own and own_out
-                    and (not user_sm or _apart_from(save_mean, (x, out, w, b, rm, rv, save_invstd)))
-                    and (not user_si or _apart_from(save_invstd, (x, out, w, b, rm, rv)))):
+                    and (not user_sm or _apart_from(save_mean, (xo, oo, w, b, rm, rv, save_invstd)))
+                    and (not user_si or _apart_from(save_invstd, (xo, oo, w, b, rm, rv)))):
                 ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
                        ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
                        ("save_invstd", psi))

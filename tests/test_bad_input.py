@@ -358,3 +358,122 @@ def test_backward_out_a_view_of_an_operand(slot, name, other, backend):
 
 def test_bad_eps_backward(backend):
     _bwd_fails(ValueError, "eps must be a finite number > 0", backend, eps=0.0)
+
+
+# --------------------------------------------------------------------------- channels-last views
+# A channels-last array is a view (a transpose of an NHWC buffer): it does not own its memory.
+# Overlap is decided by the arrays' owners (an array, or the base it is a view of) when every
+# operand has one, by addresses otherwise; these cases share owners, so addresses decide.
+
+
+def _nhwc(samples, dtype=F32, seed=5, h=3, w=2):
+    """An NHWC buffer of ``samples`` samples and C channels."""
+    return np.random.default_rng(seed).standard_normal((samples, h, w, C)).astype(dtype)
+
+
+def _cl(buf):
+    """The channels-last (N, C, H, W) view of an NHWC buffer."""
+    return buf.transpose(0, 3, 1, 2)
+
+
+def test_channels_last_out_overlapping_the_input_view(backend):
+    X = _nhwc(5)
+    _call_fails(ValueError, "out overlaps input", backend, input=_cl(X[:4]), out=_cl(X[1:5]))
+
+
+@pytest.mark.parametrize("stat", ["running_mean", "running_var"])
+def test_channels_last_running_stat_inside_the_input_buffer(stat, backend):
+    X = _nhwc(4)
+    _call_fails(ValueError, f"{stat} overlaps input|input overlaps {stat}", backend,
+                input=_cl(X), **{stat: X.reshape(-1)[:C]})
+
+
+@pytest.mark.parametrize("save", ["save_mean", "save_invstd"])
+def test_channels_last_save_inside_the_output_buffer(save, backend):
+    kw = _args()
+    Y = _nhwc(5)
+    x = _cl(_nhwc(4, seed=6))
+    arrays = {"Y": Y, "x": x, "rm": kw["running_mean"], "rv": kw["running_var"]}
+    before = _snapshot(arrays)
+    with pytest.raises(ValueError, match=f"{save} overlaps out|out overlaps {save}"):
+        bnsym.batch_norm_forward(x, kw["weight"], kw["bias"], kw["running_mean"], kw["running_var"],
+                                 True, 0.1, 1e-5, out=_cl(Y[:4]), backend=backend,
+                                 **{save: Y.reshape(-1)[:C] if save == "save_mean" else Y[1, 0, 0]})
+    _unchanged(before, arrays)
+
+
+@pytest.mark.parametrize("where", ["in_place", "same_buffer_apart", "other_buffer"])
+def test_channels_last_outputs_that_do_not_overlap(where, backend):
+    """Allowed: out exactly the input, out beside it in the same buffer, out in another buffer;
+    each gives what a fresh output gives, and the running statistics move the same way."""
+    kw = _args()
+    X = _nhwc(8)
+    x = _cl(X[:4])
+    ref_stats = kw["running_mean"].copy(), kw["running_var"].copy()
+    want = bnsym.batch_norm(x.copy(order="K"), *ref_stats, kw["weight"], kw["bias"], True,
+                            backend=backend)
+    assert not want.flags.c_contiguous  # the same (channels-last) kernel as the calls below
+    out = {"in_place": x, "same_buffer_apart": _cl(X[4:]),
+           "other_buffer": _cl(np.empty_like(X[:4]))}[where]
+    got = bnsym.batch_norm(x, kw["running_mean"], kw["running_var"], kw["weight"], kw["bias"],
+                           True, out=out, backend=backend)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(kw["running_mean"], ref_stats[0])
+    np.testing.assert_array_equal(kw["running_var"], ref_stats[1])
+
+
+def _bwd_channels_last(dy_buf, x_buf):
+    kw = _bwd_args()
+    x, dy = _cl(x_buf), _cl(dy_buf)
+    axes = (0, 2, 3)
+    kw.update(input=x, grad_output=dy, save_mean=x.mean(axis=axes),
+              save_invstd=1 / np.sqrt(x.var(axis=axes) + 1e-5))
+    return kw
+
+
+def test_channels_last_backward_overlaps_and_in_place(backend):
+    D = _nhwc(5, F64, seed=7)
+    kw = _bwd_channels_last(D[:4], _nhwc(4, F64, seed=8))
+    dy = kw["grad_output"]
+    before = _snapshot({"D": D, "x": kw["input"]})
+    with pytest.raises(ValueError, match="grad_input overlaps grad_output"):
+        bnsym.batch_norm_backward(backend=backend, out=(_cl(D[1:5]), None, None), **kw)
+    with pytest.raises(ValueError, match="grad_input overlaps input"):
+        bnsym.batch_norm_backward(backend=backend, out=(kw["input"], None, None), **kw)
+    _unchanged(before, {"D": D, "x": kw["input"]})
+    want = bnsym.batch_norm_backward(backend=backend, **dict(kw, grad_output=dy.copy(order="K")))
+    gi, gw, gb = bnsym.batch_norm_backward(backend=backend, out=(dy, None, None), **kw)  # in place
+    assert gi is dy
+    for a, b in zip((gi, gw, gb), want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_channels_last_distinct_owners_skip_the_address_checks(kernels, monkeypatch):
+    """Channels-last views of different buffers (the usual case) are decided by their owners:
+    no address comparison runs (they cost more than the kernel on small inputs)."""
+    from bnsym import _checks, api
+
+    def boom(*a, **k):
+        raise AssertionError("address comparison ran")
+
+    kw = _args()
+    x, y = _cl(_nhwc(4)), _cl(np.empty((4, 3, 2, C), F32))
+    sm, si = np.empty(C, F32), np.empty(C, F32)
+    want = bnsym.batch_norm_forward(x, kw["weight"], kw["bias"], kw["running_mean"].copy(),
+                                    kw["running_var"].copy(), True, 0.1, 1e-5)
+    monkeypatch.setattr(api, "_overlap", boom)
+    monkeypatch.setattr(_checks, "no_overlap", boom)
+    got = bnsym.batch_norm_forward(x, kw["weight"], kw["bias"], kw["running_mean"], kw["running_var"],
+                                   True, 0.1, 1e-5, out=y, save_mean=sm, save_invstd=si)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    bkw = _bwd_channels_last(_nhwc(4, F64, seed=7), _nhwc(4, F64, seed=8))
+    gi = _cl(np.empty((4, 3, 2, C)))
+    gw, gb = np.empty(C), np.empty(C)
+    assert bnsym.batch_norm_backward(out=(gi, gw, gb), **bkw)[0] is gi
+    # and where two operands share a buffer, the addresses are compared
+    with pytest.raises(AssertionError, match="address comparison ran"):
+        X = _nhwc(8)
+        bnsym.batch_norm(_cl(X[:4]), kw["running_mean"], kw["running_var"], training=True,
+                         out=_cl(X[4:]))
