@@ -27,6 +27,8 @@ How it works
   (``filelock``); the lock holder looks again once it has the lock (another process may have
   finished the same build meanwhile); the finished binary is moved into place with one
   ``os.replace``.
+* ``load(defines=[...])`` adds ``-DNAME=VALUE`` flags (the kernels' tuning macros, e.g.
+  ``BNSYM_CACHE_BYTES``): part of the flags, hence of the entry's hash (``bnsym compare -D``).
 * Without a working C compiler :class:`CompileError` (a ``RuntimeError``) says what to install;
   when the compiler ran and failed, the message carries its command lines and output. When the
   build fails only because of OpenMP (``-fopenmp``), it is retried without OpenMP (the kernels
@@ -61,6 +63,7 @@ __all__ = [
     "cdef_from_header",
     "cache_key",
     "cli_cache",
+    "define_flags",
 ]
 
 # Bump when the way modules are built or named changes (invalidates every cache entry).
@@ -215,6 +218,26 @@ def _flags() -> tuple[list[str], list[str]]:
     return list(compiler.compile_args()), list(compiler.link_args())
 
 
+_MACRO_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def define_flags(defines=()) -> list[str]:
+    """``-DNAME`` / ``-DNAME=VALUE`` compiler flags for ``defines``: strings ``"NAME"`` or
+    ``"NAME=VALUE"`` (the kernels' tuning macros, e.g. ``"BNSYM_CACHE_BYTES=8388608"``).
+    Raises ValueError for a name that is not a C identifier or a value with a line break."""
+    out = []
+    for d in defines:
+        if not isinstance(d, str):
+            raise TypeError(f"a define must be a string NAME or NAME=VALUE, got {type(d).__name__} {d!r}")
+        name, eq, value = d.partition("=")
+        if not _MACRO_RE.match(name):
+            raise ValueError(f"define {d!r}: {name!r} is not a C macro name (letters, digits, _)")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"define {d!r}: the value must be on one line")
+        out.append(f"-D{name}{eq}{value}")
+    return out
+
+
 def _cffi_version() -> str:
     import cffi
 
@@ -224,31 +247,33 @@ def _cffi_version() -> str:
 _key_memo: dict[tuple, tuple[str, dict]] = {}
 
 
-def cache_key(source_dir: Path | str | None = None) -> tuple[str, dict]:
+def cache_key(source_dir: Path | str | None = None, defines=()) -> tuple[str, dict]:
     """(hash naming the cache entry, description of what went into it).
 
+    ``defines``: macros for the compiler (:func:`define_flags`), part of the flags and the key.
     Memoized per process on the sources' names, sizes and mtimes and the environment variables
     that change the compiler or its flags, so that repeated calls do not re-read the sources.
     """
     src = Path(source_dir) if source_dir is not None else kernel_dir()
+    dflags = tuple(define_flags(defines))
     try:
         sig = tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ino)
                     for p in sorted(src.iterdir()) if p.suffix in (".c", ".h")
                     for st in (p.stat(),))
     except OSError:
         sig = None
-    memo = (str(src), sig, os.environ.get("CC"), os.environ.get("PATH"),
+    memo = (str(src), sig, dflags, os.environ.get("CC"), os.environ.get("PATH"),
             os.environ.get("BNSYM_NO_NATIVE"))
     hit = _key_memo.get(memo) if sig is not None else None
     if hit is not None:
         return hit
-    result = _cache_key(src)
+    result = _cache_key(src, list(dflags))
     if sig is not None:
         _key_memo[memo] = result
     return result
 
 
-def _cache_key(src: Path) -> tuple[str, dict]:
+def _cache_key(src: Path, dflags: list[str]) -> tuple[str, dict]:
     from bnsym import compiler
 
     h = hashlib.sha256()
@@ -260,6 +285,7 @@ def _cache_key(src: Path) -> tuple[str, dict]:
         h.update(data)
     cc_path, cc_version = _compiler_identity()
     cflags, ldflags = _flags()
+    cflags += dflags
     info = {
         "sources": [p.name for p in files],
         "source_dir": str(src),
@@ -404,8 +430,8 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
         try:
             built = _compile(name, src, workdir / "a", cflags, ldflags)
         except CompileError as first:
-            omp_c = [f for f in cflags if "openmp" in f]
-            omp_l = [f for f in ldflags if "openmp" in f]
+            omp_c = [f for f in cflags if f.startswith("-fopenmp")]
+            omp_l = [f for f in ldflags if f.startswith("-fopenmp")]
             if not (omp_c or omp_l) or not re.search(
                 r"openmp|omp\.h|gomp|lomp", getattr(first, "log", ""), re.I
             ):
@@ -445,9 +471,13 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
           file=sys.stderr, flush=True)
 
 
-def load(source_dir: Path | str | None = None):
-    """``(ffi, lib)`` of the compiled kernels; compiles them on first use (cached on disk)."""
-    key, info = cache_key(source_dir)
+def load(source_dir: Path | str | None = None, defines=()):
+    """``(ffi, lib)`` of the compiled kernels; compiles them on first use (cached on disk).
+
+    ``defines``: macros for the compiler, ``"NAME"`` or ``"NAME=VALUE"`` (the kernels' tuning
+    macros, such as ``BNSYM_CACHE_BYTES``); a build with other defines is another cache entry.
+    """
+    key, info = cache_key(source_dir, defines)
     hit = _loaded.get(key)
     if hit is not None:
         return hit

@@ -9,6 +9,11 @@ a call of the other, through the same Python API on the same arrays (the order a
 that neither always finds the other's data in cache). What the machine does to one sample it
 does to the other.
 
+``-D NAME[=VALUE]`` compiles B with a macro (``--base-define`` does so for A), so that a tuning
+macro of the kernels (``BNSYM_CACHE_BYTES``, ``BNSYM_STREAM_BYTES``, ``BNSYM_SMALL_VALUES``, ...:
+their ``#ifndef`` defaults) is compared without copying a folder; without DIR, B is the package's
+kernels. A macro the kernels never use is refused, with the list of those they do.
+
 For every cell (case, dtype, layout, threads, pass) it prints the median and minimum time per
 call of each and the ratios B/A, with their geometric means per pass, and whether B's outputs
 are bitwise A's (else the largest difference relative to the largest magnitude).
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -50,10 +56,41 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _load(folder: Path):
+def _tuning_macros(folder: Path) -> list[str]:
+    """The macros of the kernels of ``folder`` that a ``-D`` sets: the ``#ifndef NAME`` defaults
+    and the ``defined(NAME)`` switches of their ``.c`` files, without the compiler's own
+    (``_OPENMP``, ``__AVX__``: leading underscores)."""
+    names = set()
+    for f in sorted(folder.glob("*.c")):
+        text = f.read_text(errors="replace")
+        names.update(re.findall(r"^\s*#\s*ifndef\s+([A-Za-z]\w*)", text, re.M))
+        names.update(re.findall(r"\bdefined\s*\(?\s*([A-Za-z]\w*)", text))
+    return sorted(names)
+
+
+def _define_problem(folder: Path, defines) -> str | None:
+    """Why ``defines`` cannot be applied to the kernels of ``folder``, or None: a malformed
+    define, or a macro the kernels never test (it would change nothing, silently)."""
+    from bnsym.build import define_flags
+
+    try:
+        define_flags(defines)
+    except ValueError as exc:
+        return str(exc)
+    known = _tuning_macros(folder)
+    text = "\n".join(f.read_text(errors="replace") for f in sorted(folder.glob("*.[ch]")))
+    for d in defines:
+        name = d.partition("=")[0]
+        if not re.search(r"\b" + re.escape(name) + r"\b", text):
+            return (f"define {d!r}: the kernels in {folder} never use {name} (their tuning macros: "
+                    f"{', '.join(known) or 'none'})")
+    return None
+
+
+def _load(folder: Path, defines=()):
     from bnsym import api, build
 
-    ffi, lib = build.load(folder)
+    ffi, lib = build.load(folder, defines)
     try:
         return api._kernels(ffi, lib)
     except AttributeError as exc:
@@ -81,11 +118,12 @@ def _difference(a: list, b: list):
 
 
 def compare(dir_a, dir_b, cases, dtypes, layouts, threads, passes, *, seed=0, progress=None,
-            timing=None) -> dict:
-    """Time every cell with the kernels of ``dir_a`` and of ``dir_b``; a JSON-able report."""
+            timing=None, defines_a=(), defines_b=()) -> dict:
+    """Time every cell with the kernels of ``dir_a`` and of ``dir_b`` (compiled with the macros
+    ``defines_a`` / ``defines_b``, ``"NAME"`` or ``"NAME=VALUE"``); a JSON-able report."""
     from bnsym import api
 
-    kern_a, kern_b = _load(Path(dir_a)), _load(Path(dir_b))
+    kern_a, kern_b = _load(Path(dir_a), defines_a), _load(Path(dir_b), defines_b)
     saved = api._select_kernels(kern_a)
     threads0 = api.get_num_threads()
     timing = dict(timing or {})
@@ -130,7 +168,12 @@ def compare(dir_a, dir_b, cases, dtypes, layouts, threads, passes, *, seed=0, pr
         for k in ("ratio_median", "ratio_min"):
             vals = [r[k] for r in rows if r["pass"] == p]
             geo.setdefault(p, {})[k] = bench.geomean(vals)
-    return {"a": str(dir_a), "b": str(dir_b), "rows": rows, "geomean": geo}
+    return {"a": str(dir_a), "b": str(dir_b), "defines_a": list(defines_a),
+            "defines_b": list(defines_b), "rows": rows, "geomean": geo}
+
+
+def _label(folder, defines) -> str:
+    return str(folder) + (f" with {' '.join('-D' + d for d in defines)}" if defines else "")
 
 
 def format_compare(report: dict) -> str:
@@ -144,7 +187,8 @@ def format_compare(report: dict) -> str:
                       bench.fmt_us(r["b_median"]), f"{r['ratio_median']:.3f}",
                       f"{r['ratio_min']:.3f}",
                       "bitwise A's" if diff == 0.0 else f"differ: {diff:.1e} rel"])
-    lines = [f"A: {report['a']}", f"B: {report['b']}",
+    lines = [f"A: {_label(report['a'], report.get('defines_a', ()))}",
+             f"B: {_label(report['b'], report.get('defines_b', ()))}",
              "medians and minima of interleaved calls (A, B, B, A, ...), microseconds", ""]
     lines += bench._align(table, left=5)
     lines.append("")
@@ -157,8 +201,15 @@ def format_compare(report: dict) -> str:
 def build_parser(prog="bnsym compare") -> argparse.ArgumentParser:
     p = bench._Parser(prog=prog, description="Time two folders of kernels against each other, call by "
                       "call in one process (A, B, B, A, ...), through the Python API on the same arrays.")
-    p.add_argument("b", metavar="DIR", help="folder of kernels to time (B), e.g. from 'bnsym generate --out'")
+    p.add_argument("b", metavar="DIR", nargs="?", default=None,
+                   help="folder of kernels to time (B), e.g. from 'bnsym generate --out' "
+                        "(default: the package's, for -D alone)")
     p.add_argument("--base", metavar="DIR", help="folder of kernels to compare with (A; default: the package's)")
+    p.add_argument("-D", "--define", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="compile B with this macro (repeatable), e.g. -D BNSYM_CACHE_BYTES=8388608; "
+                        "the names the kernels accept are listed when one is not")
+    p.add_argument("--base-define", dest="base_defines", action="append", default=[],
+                   metavar="NAME[=VALUE]", help="compile A with this macro (repeatable)")
     p.add_argument("--cases", type=bench._case_list, default=None, metavar="SHAPES",
                    help="comma-separated shapes NxC or NxCxHxW (default: the benchmark's set)")
     p.add_argument("--dtypes", type=bench._csv(bench.DTYPES), default=list(bench.DTYPES), metavar="LIST",
@@ -183,22 +234,34 @@ def build_parser(prog="bnsym compare") -> argparse.ArgumentParser:
 def main(argv=None, prog="bnsym compare") -> int:
     from bnsym.build import kernel_dir
 
-    ns = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    ns = parser.parse_args(argv)
+    if ns.b is None and not ns.defines and not ns.base_defines:
+        parser.error("give a folder of kernels (DIR), or -D / --base-define to compare builds "
+                     "of the package's kernels")
     base = Path(ns.base) if ns.base else kernel_dir()
-    for name, folder in (("DIR", Path(ns.b)), ("--base", base)):
+    b = Path(ns.b) if ns.b is not None else kernel_dir()
+    for name, folder, defines, flag in (("DIR", b, ns.defines, "-D"),
+                                        ("--base", base, ns.base_defines, "--base-define")):
         problem = _folder_problem(folder)
         if problem:
             print(f"bnsym compare: {name} {folder} {problem}: it needs a folder of kernels, "
                   f"{_FULL_SET}", file=sys.stderr)
             return 2
-    print(f"bnsym compare: loading the kernels of {base} (A) and {ns.b} (B); a folder not in the "
-          f"cache is compiled first (about 20 s)", file=sys.stderr, flush=True)
+        problem = _define_problem(folder, defines)
+        if problem:
+            print(f"bnsym compare: {flag}: {problem}", file=sys.stderr)
+            return 2
+    print(f"bnsym compare: loading the kernels of {_label(base, ns.base_defines)} (A) and "
+          f"{_label(b, ns.defines)} (B); a build not in the cache is compiled first (about 20 s)",
+          file=sys.stderr, flush=True)
     from bnsym.build import CompileError
 
     try:
-        report = compare(base, ns.b, ns.cases or list(bench.DEFAULT_CASES), ns.dtypes, ns.layouts,
+        report = compare(base, b, ns.cases or list(bench.DEFAULT_CASES), ns.dtypes, ns.layouts,
                          ns.threads, ns.passes, seed=ns.seed, progress=ns.progress,
-                         timing={"min_time": ns.min_time, "min_samples": ns.min_samples})
+                         timing={"min_time": ns.min_time, "min_samples": ns.min_samples},
+                         defines_a=ns.base_defines, defines_b=ns.defines)
     except CompileError as exc:  # carries the compiler's command and output
         print(f"bnsym compare: {exc}", file=sys.stderr)
         return 1

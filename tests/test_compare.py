@@ -1,5 +1,6 @@
 """bnsym compare: two folders of kernels timed call by call in one process, outputs compared."""
 
+import json
 import math
 import re
 import shutil
@@ -96,3 +97,64 @@ def test_cli_refuses_a_partial_set_before_compiling(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "declares no bnsym_forward_train_f64_ncs" in err and "--dtypes" in err
     assert "compiling" not in err
+
+
+def test_define_flags():
+    from bnsym.build import define_flags
+
+    assert define_flags(["BNSYM_NO_STREAM", "BNSYM_CACHE_BYTES=8388608", "X_1=(1 << 20)"]) == [
+        "-DBNSYM_NO_STREAM", "-DBNSYM_CACHE_BYTES=8388608", "-DX_1=(1 << 20)"]
+    for bad in ("1BAD", "A-B=1", "=3", ""):
+        with pytest.raises(ValueError, match="not a C macro name"):
+            define_flags([bad])
+    with pytest.raises(ValueError, match="one line"):
+        define_flags(["A=1\n#include <evil.h>"])
+    with pytest.raises(TypeError):
+        define_flags([("A", 1)])
+
+
+def test_defines_are_part_of_the_flags_and_the_cache_key():
+    from bnsym import build
+
+    key0, info0 = build.cache_key(generated_dir())
+    key1, info1 = build.cache_key(generated_dir(), ["BNSYM_CACHE_BYTES=8388608"])
+    assert key1 != key0
+    assert info1["cflags"] == info0["cflags"] + ["-DBNSYM_CACHE_BYTES=8388608"]
+    assert build.cache_key(generated_dir(), ["BNSYM_CACHE_BYTES=8388608"])[0] == key1
+    assert build.cache_key(generated_dir(), ["BNSYM_CACHE_BYTES=4194304"])[0] not in (key0, key1)
+
+
+def test_cli_define_refuses_a_macro_the_kernels_do_not_use(capsys):
+    assert compare.main(["-D", "BNSYM_CACHE_BYTE=1", "--cases", "4x8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "never use BNSYM_CACHE_BYTE" in err
+    for name in ("BNSYM_CACHE_BYTES", "BNSYM_STREAM_BYTES", "BNSYM_NO_STREAM", "BNSYM_SMALL_VALUES"):
+        assert name in err  # the macros they do use
+    assert not re.search(r"\b_OPENMP\b", err) and "compiling" not in err  # the compiler's own
+    assert compare.main(["--base-define", "2X", "--cases", "4x8"]) == 2
+    assert "not a C macro name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # nothing to compare
+        compare.main(["--cases", "4x8"])
+    assert exc.value.code == 2
+    assert "give a folder of kernels (DIR), or -D" in capsys.readouterr().err
+
+
+def test_cli_define_reaches_the_compiler(tmp_path, capsys, monkeypatch, kernels):
+    """-D builds B with the macro: a value that cannot compile fails with the compiler's command
+    (which carries the flag); a good one runs, is said in the report and recorded in the build's
+    manifest."""
+    from bnsym import build
+
+    monkeypatch.setenv("BNSYM_CACHE_DIR", str(tmp_path / "cache"))
+    assert compare.main(["-D", "BNSYM_CACHE_BYTES=(", "--cases", "4x8", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "-DBNSYM_CACHE_BYTES=(" in err and "compiling the kernels failed" in err
+    rc = compare.main(["-D", "BNSYM_NO_STREAM", "--cases", "16x8", "--dtypes", "float32",
+                       "--threads", "1", "--passes", "fwd", "--min-samples", "3", "--min-time", "0",
+                       "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"B: {generated_dir()} with -DBNSYM_NO_STREAM" in out and "bitwise A's" in out
+    key, _ = build.cache_key(generated_dir(), ["BNSYM_NO_STREAM"])
+    manifest = json.loads((tmp_path / "cache" / f"_bnsym_k_{key}.json").read_text())
+    assert "-DBNSYM_NO_STREAM" in manifest["built_cflags"]
