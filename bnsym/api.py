@@ -253,22 +253,33 @@ def _owner(a):
     return None
 
 
-def _apart(arrays) -> bool:
-    """True when the arrays given (None skipped) all have owners (:func:`_owner`) and no two
-    share one: then no two overlap."""
-    n = 0
-    ids = set()
-    for a in arrays:
+def _owner_id(a):
+    """``id`` of :func:`_owner` of ``a``, or None."""
+    o = _owner(a)
+    return None if o is None else id(o)
+
+
+def _apart(written, read) -> bool:
+    """True when the arrays given (None skipped) all have owners (:func:`_owner`) and each
+    written array's owner is no other array's: then nothing written overlaps another operand
+    (read-only operands may share memory among themselves)."""
+    seen = set()
+    for a in read:
         if a is not None:
-            if a.flags.owndata:  # _owner, inline for the common case
-                ids.add(id(a))
+            if a.flags.owndata:  # the common case inline
+                seen.add(id(a))
             else:
-                o = a.base
-                if type(o) is not _ndarray or not o.flags.owndata:
+                i = _owner_id(a)
+                if i is None:
                     return False
-                ids.add(id(o))
-            n += 1
-    return len(ids) == n
+                seen.add(i)
+    for a in written:
+        if a is not None:
+            i = id(a) if a.flags.owndata else _owner_id(a)
+            if i is None or i in seen:
+                return False
+            seen.add(i)
+    return True
 
 
 def _apart_from(a, others) -> bool:
@@ -349,16 +360,20 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             "running_mean and running_var must be given in evaluation mode (training=False)"
         )
     x0 = x
+    # ``xo``: the owner of the input's memory (see _owner): the input, or for a view (a batch
+    # sliced from a larger array, a channels-last transpose) its base. A statistic, of shape (C,),
+    # cannot hold a training batch (N*S > 1 rows of C), but it is excluded all the same.
     if (f := x.flags).c_contiguous:
         perm = None
         layout = "ncs"
-        own = own and f.owndata
-        xo = x
+        if f.owndata:
+            xo = x
+        else:
+            xo = _owner(x) if own else None
+            own = xo is not None and xo is not rm and xo is not rv
     else:
         x, layout, perm = _layout(x)
-        # a channels-last input is a view: its memory is its base's (a statistic, of shape
-        # (C,), cannot hold a training batch laid out as N*S > 1 rows of C); a copy (other
-        # strides) leaves the caller's array to the pointer checks
+        # a copy (other strides) leaves the caller's array to the pointer checks
         xo = _owner(x) if own and x is x0 else None
         own = xo is not None and xo is not rm and xo is not rv
     if out is not None:
@@ -668,8 +683,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
         sa_name, sb_name = (("save_mean", "save_invstd") if training
                             else ("running_mean", "running_var"))
         # the operands may share objects among themselves (nothing writes them)
-        if not _apart((gi, gw, gb, x0, dy0 if dy0 is not x0 else None, w,
-                       sa, sb if sb is not sa else None)):
+        if not _apart((gi, gw, gb), (x0, dy0, w, sa, sb)):
             _checks.no_overlap(
                 [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
                 [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),

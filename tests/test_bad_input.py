@@ -477,3 +477,66 @@ def test_channels_last_distinct_owners_skip_the_address_checks(kernels, monkeypa
         X = _nhwc(8)
         bnsym.batch_norm(_cl(X[:4]), kw["running_mean"], kw["running_var"], training=True,
                          out=_cl(X[4:]))
+
+
+def test_batch_sliced_from_a_larger_array(kernels, monkeypatch):
+    """A contiguous batch sliced from a larger array (a view) is decided by its owner too: out
+    beside it in the same array is checked by address (and allowed), out overlapping it refused,
+    an unrelated out needs no address comparison."""
+    from bnsym import _checks, api
+
+    kw = _args()
+    data = np.random.default_rng(9).standard_normal((12, C, 5)).astype(F32)
+    x = data[:4]
+    assert x.flags.c_contiguous and not x.flags.owndata
+    stats = kw["running_mean"].copy(), kw["running_var"].copy()
+    want = bnsym.batch_norm(x.copy(), *stats, kw["weight"], kw["bias"], True)
+    _call_fails(ValueError, "out overlaps input", "c", input=x, out=data[2:6])
+    got = bnsym.batch_norm(x, kw["running_mean"].copy(), kw["running_var"].copy(), kw["weight"],
+                           kw["bias"], True, out=data[4:8])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(data[8:], np.random.default_rng(9).standard_normal((12, C, 5))
+                                  .astype(F32)[8:])  # nothing written beyond out
+
+    def boom(*a, **k):
+        raise AssertionError("address comparison ran")
+
+    monkeypatch.setattr(api, "_overlap", boom)
+    monkeypatch.setattr(_checks, "no_overlap", boom)
+    rm, rv = kw["running_mean"].copy(), kw["running_var"].copy()
+    got = bnsym.batch_norm(x, rm, rv, kw["weight"], kw["bias"], True, out=np.empty_like(x))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(rm, stats[0])  # updated as by the reference call
+    np.testing.assert_array_equal(rv, stats[1])
+
+
+def test_backward_operands_sliced_from_one_array(kernels, monkeypatch):
+    """grad_output and input sliced from one array share an owner, but nothing writes them: no
+    address comparison; a grad_input in that array is compared by address (refused when it
+    overlaps either, allowed beside them)."""
+    from bnsym import _checks, api
+
+    data = np.random.default_rng(11).standard_normal((16, C, 5))
+    x, dy = data[:4], data[4:8]
+    axes = (0, 2)
+    kw = dict(save_mean=x.mean(axis=axes), save_invstd=1 / np.sqrt(x.var(axis=axes) + 1e-5),
+              weight=np.linspace(0.5, 1.5, C), running_mean=None, running_var=None, training=True,
+              eps=1e-5)
+    want = bnsym.batch_norm_backward(dy.copy(), x.copy(), **kw)
+    before = _snapshot({"data": data})
+    for bad, other in ((data[3:7], "input"), (data[5:9], "grad_output")):
+        with pytest.raises(ValueError, match=f"grad_input overlaps {other}"):
+            bnsym.batch_norm_backward(dy, x, out=(bad, None, None), **kw)
+    _unchanged(before, {"data": data})
+    got = bnsym.batch_norm_backward(dy, x, out=(data[8:12], None, None), **kw)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+    def boom(*a, **k):
+        raise AssertionError("address comparison ran")
+
+    monkeypatch.setattr(api, "_overlap", boom)
+    monkeypatch.setattr(_checks, "no_overlap", boom)
+    got = bnsym.batch_norm_backward(dy, x, out=(np.empty_like(x), np.empty(C), np.empty(C)), **kw)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
