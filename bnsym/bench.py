@@ -1193,9 +1193,10 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
                  if r.get("retimed") and r["retimed"].get("ratio_median") is not None]
         if again:
             still = [(v, r) for v, r in again if v > 1.0]
-            detail += (f"; re-timed call by call with torch: {len(still)} of {len(again)} still slower"
-                       + (f", worst {max(still, key=lambda t: t[0])[0]:.2f} "
-                          f"({_row_label(max(still, key=lambda t: t[0])[1])})" if still else ""))
+            detail += f"; re-timed call by call with torch: {len(still)} of {len(again)} still slower"
+            if still:
+                v, r = max(still, key=lambda t: t[0])
+                detail += f", worst {v:.2f} ({_row_label(r)})"
         add("never_slower", "bnsym never slower than torch (max bnsym/torch <= 1)", worst, 1.0,
             worst <= 1.0, detail)
     else:
