@@ -638,24 +638,51 @@ def _stats_helpers() -> dict:
 
     Mean ``s/n``; a block's mean and M2 from shifted sums (``k + s1/n``, ``s2 - s1**2/n``, with
     a recentering test); Chan's merge of two (count, mean, M2) summaries with
-    ``w = nb/(na + nb)`` (exact when one side is empty); biased variance ``M2/n``.
+    ``w = nb/(na + nb)``; biased variance ``M2/n``.
+
+    A summary holds its mean in two parts, a shift ``k`` (a value of the data or a block's mean:
+    near the mean) and the offset ``o`` of the mean from it, so that the offset ``d`` between two
+    means, which the merge weighs with ``d**2``, is formed from differences of nearby values
+    (``ka - kb`` exact by Sterbenz's lemma) and small offsets, never from two means rounded to
+    the precision of ``|mean|``: at ``|mean|/std`` = 1e12 that rounding alone moved the variance
+    by up to 1e-6 relative.
     """
     p = make_printer("double")
-    s, n, na, ma, qa, nb, mb, qb, w, d = sympy.symbols("s n na ma qa nb mb qb w d")
-    k, s1, s2 = sympy.symbols("k s1 s2")
+    s, n, na, qa, nb, qb, w, d = sympy.symbols("s n na qa nb qb w d")
+    ka, oa, kb, ob, h, e, kd = sympy.symbols("ka oa kb ob h e kd")
+    k, o, s1, s2, a = sympy.symbols("k o s1 s2 a")
     return dict(
         mean=p.doprint(s / n),
         w=p.doprint(nb / (na + nb)),
-        d=p.doprint(mb - ma),
-        ma=p.doprint(ma + d * w),
-        qa=p.doprint(qa + qb + d * d * na * w),
+        # the mean of a summary (shift k, offset o)
+        total=p.doprint(k + o),
+        # d: the offset of a second mean (kb + ob, or a block's k + s1/n) from the first
+        # (ka + oa), the nearby shifts subtracted first
+        kd=p.doprint(kb - ka),
+        d=p.doprint(kd + ob - oa),
+        block_d=p.doprint(kd + s1 / n - oa),
+        oa=p.doprint(oa + d * w),
+        # the merge's term d**2*na*w, taken as d*(d*(na*w)): an empty side (na = 0) adds an exact
+        # 0 where d*d would overflow (inf*0 is NaN), and with na, nb >= 1 (na*w >= 1/2) it
+        # overflows only where the term itself does
+        h=p.doprint(na * w),
+        e=p.doprint(d * h),
+        qa=p.doprint(qa + qb + d * e),
         var=p.doprint(s / n),
         # a block summarized by the sums s1 of d = v - k and s2 of d**2 (the shift k is any
         # value near the mean: the correction term makes the result exact in exact arithmetic)
         block_mean=p.doprint(k + s1 / n),
-        block_m2=p.doprint(s2 - s1**2 / n),
-        # more than half of s2 would cancel: the shift is too far from the mean, recenter
-        recenter=p.doprint(sympy.StrictGreaterThan(s1**2, n * s2 / 2)),
+        # M2 = s2 - s1**2/n taken as s2 - s1*a with a = s1/n, the block's mean offset: s1**2
+        # overflows where s1**2/n does not (1e4 deviations of 1e150 from a shift 1e150 off)
+        a=p.doprint(s1 / n),
+        block_m2=p.doprint(s2 - s1 * a),
+        # more than half of s2 would cancel (s1**2/n > s2/2): the shift is too far from the
+        # mean, recenter; also
+        # when the squares overflowed but not the deviations (a shift one rounding off a
+        # constant 1e200: deviations of 1e184 whose squares are inf, where the shift k + s1/n
+        # gives deviations of 0)
+        recenter=p.doprint(sympy.Or(sympy.StrictGreaterThan(s1 * a, s2 / 2),
+                                    sympy.And(is_finite(s1), sympy.Not(is_finite(s2))))),
         # sums taken in float are usable: finite, and not in float's tiny range (a sum of 0 is
         # not trusted either: its terms may have underflowed, e.g. invstd*dy with a tiny dy)
         t_ok_sum=p.doprint(sympy.And(is_finite(s), sympy.StrictGreaterThan(

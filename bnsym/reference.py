@@ -65,12 +65,22 @@ def _f64(a) -> np.ndarray:
 
 @_quiet
 def batch_stats(x) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and biased variance, two passes in float64."""
+    """Per-channel mean and biased variance, two passes in float64 over ``d = x - k``.
+
+    ``k`` is each channel's first value (0 if it is not finite), so that the squares are those
+    of deviations: with a mean beyond ``sqrt(DBL_MAX)`` (1.3e154) and a finite variance, a mean
+    off by one rounding would square to inf (a constant channel of 1e200 would get variance
+    inf); ``mean = k + mean(d)``, ``var = mean((d - mean(d))**2)``.
+    """
     x = _f64(x)
-    axes = reduce_axes(x.ndim)
-    mean = x.mean(axis=axes)
-    var = np.square(x - channel_view(mean, x.ndim)).mean(axis=axes)
-    return mean, var
+    nd = x.ndim
+    axes = reduce_axes(nd)
+    k = x[(0, slice(None)) + (0,) * (nd - 2)] if x.shape[0] and x.size else np.zeros(x.shape[1])
+    k = np.where(np.isfinite(k), k, 0.0)
+    d = x - channel_view(k, nd)
+    dmean = d.mean(axis=axes)
+    var = np.square(d - channel_view(dmean, nd)).mean(axis=axes)
+    return k + dmean, var
 
 
 def invstd_of(var, eps: float) -> np.ndarray:

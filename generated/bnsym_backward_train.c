@@ -308,12 +308,14 @@ static inline double bnsym_stat_block_mean(double k, double s1, double n)
 
 static inline double bnsym_stat_block_m2(double s1, double s2, double n)
 {
-    return s2 - (s1*s1)/n;
+    const double a = s1/n;
+    return -a*s1 + s2;
 }
 
 static inline int bnsym_stat_recenter(double s1, double s2, double n)
 {
-    return s1*s1 > (1.0/2.0)*n*s2;
+    const double a = s1/n;
+    return ((isfinite(s1)) && (!isfinite(s2))) || (a*s1 > (1.0/2.0)*s2);
 }
 
 /* Sums of a block taken in the array type are usable (finite, squares / sum not tiny; a zero
@@ -334,13 +336,38 @@ static inline double bnsym_stat_weight(double na, double nb)
     return nb/(na + nb);
 }
 
-static inline void bnsym_stat_merge(double na, double w, double *ma_p, double *qa_p, double mb, double qb)
+/* The mean k + o of a summary held as a shift k and an offset o. */
+static inline double bnsym_stat_total(double k, double o)
 {
-    const double ma = *ma_p;
+    return k + o;
+}
+
+/* The offset of a second summary's mean kb + ob from a first's, ka + oa: the shifts subtracted
+ * first (nearby values: exact), so that no mean rounded to the precision of |mean| enters. */
+static inline double bnsym_stat_mean_d(double ka, double oa, double kb, double ob)
+{
+    const double kd = -ka + kb;
+    return kd - oa + ob;
+}
+
+/* The offset from a summary's mean ka + oa of the mean of a block summed as deviations from
+ * shift kb (s1: their sum, n values): (kb - ka) + s1/n - oa. */
+static inline double bnsym_stat_block_d(double ka, double oa, double kb, double s1, double n)
+{
+    const double kd = -ka + kb;
+    return kd - oa + s1/n;
+}
+
+/* Chan's merge into (na, offset *oa_p, M2 *qa_p) of a summary of weight w = nb/(na + nb),
+ * whose mean lies d from the first's and whose M2 is qb. */
+static inline void bnsym_stat_merge(double na, double w, double *oa_p, double *qa_p, double d, double qb)
+{
+    const double oa = *oa_p;
     const double qa = *qa_p;
-    const double d = -ma + mb;
-    *ma_p = d*w + ma;
-    *qa_p = (d*d)*na*w + qa + qb;
+    const double h = na*w;
+    const double e = d*h; /* d*na*w: never d*d first (see _stats_helpers) */
+    *oa_p = d*w + oa;
+    *qa_p = d*e + qa + qb;
 }
 
 /* ======================== bnsym_backward_train_f32: gradients through batch statistics (dx, dgamma, dbeta) (float) ======================== */
@@ -368,12 +395,15 @@ typedef struct {
     int use_wide;  /* run the element pass in double */
 } bnsym_backward_train_f32_ctx;
 
-/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
+ * A mean is held as a shift and its offset from it (bnsym_stat_total): merges then never
+ * subtract two means rounded to the precision of |mean|. */
 typedef struct {
     double *cnt;   /* [C] values merged per channel */
-    double *mean;  /* [0][C] */
+    double *off;   /* [0][C] the mean's offset from the shift */
     double *m2;    /* [0][C] sum of squared deviations from the mean */
     double *sum;   /* [2][C] */
+    double *k;     /* [0][C] the shift: a value near the mean (set with the first values) */
 } bnsym_backward_train_f32_state;
 
 /* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
@@ -394,7 +424,7 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 0 + 0 + 2) * (size_t)C
+    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -414,15 +444,16 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
     sc->psumt = sc->lanet + 3 * L;
     chan = sc->psum + 2 * L + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     st->cnt = chan;
-    st->mean = st->cnt + C;
-    st->m2 = st->mean + 0 * C;
+    st->off = st->cnt + C;
+    st->m2 = st->off + 0 * C;
     st->sum = st->m2 + 0 * C;
-    sc->shift = st->sum + 2 * C;
+    st->k = st->sum + 2 * C;
+    sc->shift = st->k + 0 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
+    for (j = 0; j < (1 + 2 * 0 + 2) * C; ++j) /* k: set with the first values */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -2046,12 +2077,15 @@ typedef struct {
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
 } bnsym_backward_train_f64_ctx;
 
-/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
+ * A mean is held as a shift and its offset from it (bnsym_stat_total): merges then never
+ * subtract two means rounded to the precision of |mean|. */
 typedef struct {
     double *cnt;   /* [C] values merged per channel */
-    double *mean;  /* [0][C] */
+    double *off;   /* [0][C] the mean's offset from the shift */
     double *m2;    /* [0][C] sum of squared deviations from the mean */
     double *sum;   /* [2][C] */
+    double *k;     /* [0][C] the shift: a value near the mean (set with the first values) */
 } bnsym_backward_train_f64_state;
 
 /* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
@@ -2068,7 +2102,7 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + (size_t)(1 + 0 + 0 + 2) * (size_t)C
+    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -2086,13 +2120,14 @@ static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *s
     sc->psum = sc->lane + 2 * L;
     chan = sc->psum + 2 * L;
     st->cnt = chan;
-    st->mean = st->cnt + C;
-    st->m2 = st->mean + 0 * C;
+    st->off = st->cnt + C;
+    st->m2 = st->off + 0 * C;
     st->sum = st->m2 + 0 * C;
-    sc->shift = st->sum + 2 * C;
+    st->k = st->sum + 2 * C;
+    sc->shift = st->k + 0 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 0 + 0 + 2) * C; ++j)
+    for (j = 0; j < (1 + 2 * 0 + 2) * C; ++j) /* k: set with the first values */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)

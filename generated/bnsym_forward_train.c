@@ -308,12 +308,14 @@ static inline double bnsym_stat_block_mean(double k, double s1, double n)
 
 static inline double bnsym_stat_block_m2(double s1, double s2, double n)
 {
-    return s2 - (s1*s1)/n;
+    const double a = s1/n;
+    return -a*s1 + s2;
 }
 
 static inline int bnsym_stat_recenter(double s1, double s2, double n)
 {
-    return s1*s1 > (1.0/2.0)*n*s2;
+    const double a = s1/n;
+    return ((isfinite(s1)) && (!isfinite(s2))) || (a*s1 > (1.0/2.0)*s2);
 }
 
 /* Sums of a block taken in the array type are usable (finite, squares / sum not tiny; a zero
@@ -334,13 +336,38 @@ static inline double bnsym_stat_weight(double na, double nb)
     return nb/(na + nb);
 }
 
-static inline void bnsym_stat_merge(double na, double w, double *ma_p, double *qa_p, double mb, double qb)
+/* The mean k + o of a summary held as a shift k and an offset o. */
+static inline double bnsym_stat_total(double k, double o)
 {
-    const double ma = *ma_p;
+    return k + o;
+}
+
+/* The offset of a second summary's mean kb + ob from a first's, ka + oa: the shifts subtracted
+ * first (nearby values: exact), so that no mean rounded to the precision of |mean| enters. */
+static inline double bnsym_stat_mean_d(double ka, double oa, double kb, double ob)
+{
+    const double kd = -ka + kb;
+    return kd - oa + ob;
+}
+
+/* The offset from a summary's mean ka + oa of the mean of a block summed as deviations from
+ * shift kb (s1: their sum, n values): (kb - ka) + s1/n - oa. */
+static inline double bnsym_stat_block_d(double ka, double oa, double kb, double s1, double n)
+{
+    const double kd = -ka + kb;
+    return kd - oa + s1/n;
+}
+
+/* Chan's merge into (na, offset *oa_p, M2 *qa_p) of a summary of weight w = nb/(na + nb),
+ * whose mean lies d from the first's and whose M2 is qb. */
+static inline void bnsym_stat_merge(double na, double w, double *oa_p, double *qa_p, double d, double qb)
+{
+    const double oa = *oa_p;
     const double qa = *qa_p;
-    const double d = -ma + mb;
-    *ma_p = d*w + ma;
-    *qa_p = (d*d)*na*w + qa + qb;
+    const double h = na*w;
+    const double e = d*h; /* d*na*w: never d*d first (see _stats_helpers) */
+    *oa_p = d*w + oa;
+    *qa_p = d*e + qa + qb;
 }
 
 /* ======================== bnsym_forward_train_f32: batch statistics, normalize, affine, running-statistics update (float) ======================== */
@@ -370,12 +397,15 @@ typedef struct {
     int use_wide;  /* run the element pass in double */
 } bnsym_forward_train_f32_ctx;
 
-/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
+ * A mean is held as a shift and its offset from it (bnsym_stat_total): merges then never
+ * subtract two means rounded to the precision of |mean|. */
 typedef struct {
     double *cnt;   /* [C] values merged per channel */
-    double *mean;  /* [1][C] */
+    double *off;   /* [1][C] the mean's offset from the shift */
     double *m2;    /* [1][C] sum of squared deviations from the mean */
     double *sum;   /* [0][C] */
+    double *k;     /* [1][C] the shift: a value near the mean (set with the first values) */
 } bnsym_forward_train_f32_state;
 
 /* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
@@ -395,7 +425,7 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 1 + 1 + 0) * (size_t)C
+    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 1 + 0) * (size_t)C
         + (size_t)(1 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -415,15 +445,16 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     sc->psumt = sc->lanet + 1 * L;
     chan = sc->psum + 2 * L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     st->cnt = chan;
-    st->mean = st->cnt + C;
-    st->m2 = st->mean + 1 * C;
+    st->off = st->cnt + C;
+    st->m2 = st->off + 1 * C;
     st->sum = st->m2 + 1 * C;
-    sc->shift = st->sum + 0 * C;
+    st->k = st->sum + 0 * C;
+    sc->shift = st->k + 1 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
+    for (j = 0; j < (1 + 2 * 1 + 0) * C; ++j) /* k: set with the first values */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -1062,7 +1093,7 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     }
     for (c = 0; c < LC; ++c) {
         if (st->cnt[c0 + c] > 0.0) {
-            p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
+            p->shift[0 * LC + c] = bnsym_stat_total(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c]);
         }
     }
     for (;;) {
@@ -1086,8 +1117,11 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     }
     for (c = 0; c < LC; ++c) {
         const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
-        bnsym_stat_merge(st->cnt[c0 + c], w, &st->mean[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
-            bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
+        if (st->cnt[c0 + c] == 0.0) /* the channel's first block: its shift is the state's */
+            st->k[0 * ld + c0 + c] = p->shift[0 * LC + c];
+        bnsym_stat_merge(st->cnt[c0 + c], w, &st->off[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
+            bnsym_stat_block_d(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c],
+                p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
             bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
     }
     for (c = 0; c < LC; ++c) {
@@ -1105,8 +1139,16 @@ static void bnsym_forward_train_f32_state_merge(bnsym_forward_train_f32_state *d
         if (src->cnt[c] == 0.0)
             continue;
         w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
-        bnsym_stat_merge(dst->cnt[c], w, &dst->mean[0 * C + c], &dst->m2[0 * C + c],
-            src->mean[0 * C + c], src->m2[0 * C + c]);
+        if (dst->cnt[c] == 0.0) { /* the first summary: taken as it is, shift included */
+            dst->k[0 * C + c] = src->k[0 * C + c];
+            dst->off[0 * C + c] = src->off[0 * C + c];
+            dst->m2[0 * C + c] = src->m2[0 * C + c];
+        } else {
+            bnsym_stat_merge(dst->cnt[c], w, &dst->off[0 * C + c], &dst->m2[0 * C + c],
+                bnsym_stat_mean_d(dst->k[0 * C + c], dst->off[0 * C + c],
+                    src->k[0 * C + c], src->off[0 * C + c]),
+                src->m2[0 * C + c]);
+        }
         dst->cnt[c] += src->cnt[c];
     }
 }
@@ -1117,7 +1159,7 @@ static void bnsym_forward_train_f32_state_finish(const bnsym_forward_train_f32_c
     const int64_t C = a->C;
     int64_t c;
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = st->mean[0 * C + c];
+        a->red[0 * C + c] = bnsym_stat_total(st->k[0 * C + c], st->off[0 * C + c]);
         a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
     }
 }
@@ -1191,7 +1233,8 @@ static void bnsym_forward_train_f32_ncs_range(const bnsym_forward_train_f32_ctx 
             sc->acc = own;
             bnsym_forward_train_f32_fold(lanes_c, sc->bacc, L, 1, L);
         }
-        st->mean[0 * C + c] = bnsym_stat_block_mean(cshift[0 * C + c], sc->bacc[0], st->cnt[c]);
+        st->k[0 * C + c] = cshift[0 * C + c];
+        st->off[0 * C + c] = bnsym_stat_mean(sc->bacc[0], st->cnt[c]);
         st->m2[0 * C + c] = bnsym_stat_block_m2(sc->bacc[0], sc->bacc[1], st->cnt[c]);
     }
 }
@@ -2049,12 +2092,15 @@ typedef struct {
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
 } bnsym_forward_train_f64_ctx;
 
-/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels. */
+/* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
+ * A mean is held as a shift and its offset from it (bnsym_stat_total): merges then never
+ * subtract two means rounded to the precision of |mean|. */
 typedef struct {
     double *cnt;   /* [C] values merged per channel */
-    double *mean;  /* [1][C] */
+    double *off;   /* [1][C] the mean's offset from the shift */
     double *m2;    /* [1][C] sum of squared deviations from the mean */
     double *sum;   /* [0][C] */
+    double *k;     /* [1][C] the shift: a value near the mean (set with the first values) */
 } bnsym_forward_train_f64_state;
 
 /* A thread's scratch for blocks of LC channels seen as L lanes (lane j: channel j % LC). */
@@ -2070,7 +2116,7 @@ typedef struct {
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + (size_t)(1 + 1 + 1 + 0) * (size_t)C
+    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + (size_t)(1 + 3 * 1 + 0) * (size_t)C
         + (size_t)(1 + 2) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -2088,13 +2134,14 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     sc->psum = sc->lane + 1 * L;
     chan = sc->psum + 2 * L;
     st->cnt = chan;
-    st->mean = st->cnt + C;
-    st->m2 = st->mean + 1 * C;
+    st->off = st->cnt + C;
+    st->m2 = st->off + 1 * C;
     st->sum = st->m2 + 1 * C;
-    sc->shift = st->sum + 0 * C;
+    st->k = st->sum + 0 * C;
+    sc->shift = st->k + 1 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 1 + 1 + 0) * C; ++j)
+    for (j = 0; j < (1 + 2 * 1 + 0) * C; ++j) /* k: set with the first values */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -2495,7 +2542,7 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     }
     for (c = 0; c < LC; ++c) {
         if (st->cnt[c0 + c] > 0.0) {
-            p->shift[0 * LC + c] = st->mean[0 * ld + c0 + c];
+            p->shift[0 * LC + c] = bnsym_stat_total(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c]);
         }
     }
     for (;;) {
@@ -2518,8 +2565,11 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     }
     for (c = 0; c < LC; ++c) {
         const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
-        bnsym_stat_merge(st->cnt[c0 + c], w, &st->mean[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
-            bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
+        if (st->cnt[c0 + c] == 0.0) /* the channel's first block: its shift is the state's */
+            st->k[0 * ld + c0 + c] = p->shift[0 * LC + c];
+        bnsym_stat_merge(st->cnt[c0 + c], w, &st->off[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
+            bnsym_stat_block_d(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c],
+                p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
             bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
     }
     for (c = 0; c < LC; ++c) {
@@ -2537,8 +2587,16 @@ static void bnsym_forward_train_f64_state_merge(bnsym_forward_train_f64_state *d
         if (src->cnt[c] == 0.0)
             continue;
         w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
-        bnsym_stat_merge(dst->cnt[c], w, &dst->mean[0 * C + c], &dst->m2[0 * C + c],
-            src->mean[0 * C + c], src->m2[0 * C + c]);
+        if (dst->cnt[c] == 0.0) { /* the first summary: taken as it is, shift included */
+            dst->k[0 * C + c] = src->k[0 * C + c];
+            dst->off[0 * C + c] = src->off[0 * C + c];
+            dst->m2[0 * C + c] = src->m2[0 * C + c];
+        } else {
+            bnsym_stat_merge(dst->cnt[c], w, &dst->off[0 * C + c], &dst->m2[0 * C + c],
+                bnsym_stat_mean_d(dst->k[0 * C + c], dst->off[0 * C + c],
+                    src->k[0 * C + c], src->off[0 * C + c]),
+                src->m2[0 * C + c]);
+        }
         dst->cnt[c] += src->cnt[c];
     }
 }
@@ -2549,7 +2607,7 @@ static void bnsym_forward_train_f64_state_finish(const bnsym_forward_train_f64_c
     const int64_t C = a->C;
     int64_t c;
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = st->mean[0 * C + c];
+        a->red[0 * C + c] = bnsym_stat_total(st->k[0 * C + c], st->off[0 * C + c]);
         a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
     }
 }
@@ -2621,7 +2679,8 @@ static void bnsym_forward_train_f64_ncs_range(const bnsym_forward_train_f64_ctx 
             sc->acc = own;
             bnsym_forward_train_f64_fold(lanes_c, sc->bacc, L, 1, L);
         }
-        st->mean[0 * C + c] = bnsym_stat_block_mean(cshift[0 * C + c], sc->bacc[0], st->cnt[c]);
+        st->k[0 * C + c] = cshift[0 * C + c];
+        st->off[0 * C + c] = bnsym_stat_mean(sc->bacc[0], st->cnt[c]);
         st->m2[0 * C + c] = bnsym_stat_block_m2(sc->bacc[0], sc->bacc[1], st->cnt[c]);
     }
 }

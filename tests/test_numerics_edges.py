@@ -18,7 +18,8 @@ import pytest
 import bnsym
 from bnsym.api import NonFiniteBatchWarning
 
-from _fuzz_worker import Check, RTOL, cl_perm, inv_perm, ref_backward, ref_forward
+from _fuzz_worker import (LD, Check, RTOL, U_ACC, cl_perm, inv_perm, ref_backward, ref_forward,
+                          ref_stats)
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 DTYPES = [F32, F64]
@@ -267,6 +268,84 @@ def test_denormal_inputs(layout, dtype, training):
                            True, what=what)
         else:
             check_backward(dy, x, w, rm, rv, False, what=what)
+
+
+# --------------------------------------------------------------------------- float64 large means
+
+# One shape per schedule: small (one block), channel groups of short strips over two blocks of
+# samples, long strips, rows over two blocks, channels-last rows over two blocks.
+SCHEDULES = [((4, 8), "ncs"), ((64, 8, 8, 8), "ncs"), ((8, 4, 2000), "ncs"), ((20000, 3), "ncs"),
+             ((160, 4, 8, 8), "nsc")]
+
+
+@pytest.fixture(params=[1, 2], ids=["1t", "2t"])
+def threads(request):
+    before = bnsym.get_num_threads()
+    bnsym.set_num_threads(request.param)
+    yield request.param
+    bnsym.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape,layout", SCHEDULES)
+@pytest.mark.parametrize("offset", [1e12, 1e160])
+def test_float64_variance_of_a_large_mean(threads, shape, layout, offset):
+    """float64 ``offset*(1 + 1e-12*z)``: |mean|/std = 1e12 (at 1e160 the mean's square would
+    also overflow). The variance is as accurate as a double sum of the deviations, m * 2**-53
+    relative (plus a few roundings of invstd and of this test's squaring), on every schedule
+    and thread count: merging block summaries through means rounded to the precision of |mean|
+    once cost up to 1e-6 relative here; the mean is |mean| * 2**-52 of the reference."""
+    rng = np.random.default_rng(11)
+    x = arr(offset * (1 + 1e-12 * rng.standard_normal(shape)), F64, layout)
+    _, sm, si = forward(x, None, None, None, None, True, eps=1e-300)
+    # the reference: long-double two passes over the deviations from one value of the channel
+    # (exact in double: all values lie within a factor 2). Over x itself (ref_stats) long
+    # double's 11 more bits leave a mean error of |mean| * 2**-64 * log2(m), whose square moves
+    # the variance by ~1e-12 relative here: more than the kernels' error.
+    nd = x.ndim
+    ax = (0,) + tuple(range(2, nd))
+    mean = ref_stats(x)[0]
+    d = (x - x[(0, slice(None)) + (0,) * (nd - 2)].reshape((1, -1) + (1,) * (nd - 2))).astype(LD)
+    dm = d.mean(axis=ax, keepdims=True)
+    var = np.square(d - dm).mean(axis=ax).astype(np.float64)
+    m = x.size // shape[1]
+    np.testing.assert_allclose(si ** -2.0, var, rtol=(m + 8) * U_ACC, atol=0)
+    np.testing.assert_allclose(sm, mean, rtol=4 * U_ACC, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("shape,layout", SCHEDULES)
+def test_float64_mean_beyond_sqrt_max(threads, backend, shape, layout):
+    """A float64 mean beyond sqrt(DBL_MAX) = 1.3e154 with a finite variance: channels of
+    ``1e160*(1 + 1e-9*z)`` (variance ~1e302) and a constant channel 0 of 1e200 (variance 0).
+    The first summary merged into an empty one once gave 0 * inf = NaN (the merge's d*d*na*w
+    with na = 0), and the NumPy backend squared a mean off by one rounding (1e184**2 = inf):
+    NaN or 0 for invstd. Now the reference on the varying channels (forward and backward), and
+    on the constant one exactly: mean 1e200, invstd 1/sqrt(eps), y = beta, the running variance
+    (1 - momentum) * old."""
+    rng = np.random.default_rng(12)
+    vals = 1e160 * (1 + 1e-9 * rng.standard_normal(shape))
+    vals[:, 0] = 1e200
+    x = arr(vals, F64, layout)
+    C = shape[1]
+    w, b = params(C, F64)
+    rm0, rv0 = np.zeros(C), np.ones(C)
+    rm, rv = rm0.copy(), rv0.copy()
+    y, sm, si = forward(x, w, b, rm, rv, True, backend=backend)
+    rest = (slice(None), slice(1, None))
+    ref = ref_forward(x[rest], w[1:], b[1:], rm0[1:], rv0[1:], True, 0.1, 1e-5, F64)
+    chk = Check(F64, f"1e160 {backend}")
+    chk.close("y", y[rest], *ref["y"])
+    chk.close("save_mean", sm[1:], *ref["save_mean"])
+    chk.close("save_invstd", si[1:], *ref["save_invstd"])
+    chk.close("running_mean", rm[1:], *ref["running_mean"])
+    chk.close("running_var", rv[1:], *ref["running_var"])
+    assert sm[0] == 1e200
+    np.testing.assert_allclose(si[0], 1 / np.sqrt(1e-5), rtol=RTOL[F64])
+    np.testing.assert_array_equal(y[:, 0], np.broadcast_to(b[0], y[:, 0].shape))
+    np.testing.assert_allclose(rv[0], 0.9 * rv0[0], rtol=RTOL[F64])
+    dy = arr(rng.standard_normal(shape), F64, layout)
+    gi, gw, gb = check_backward(dy, x, w, sm, si, True, what=f"1e160 backward {backend}")
+    assert np.isfinite(gi).all() and np.isfinite(gw).all()
 
 
 # --------------------------------------------------------------------------- m = 2, constant
