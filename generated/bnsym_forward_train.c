@@ -1049,6 +1049,23 @@ static void bnsym_forward_train_f32_t_fallback(const bnsym_forward_train_f32_ctx
                 p->bacc[k * LC + c] = p->bsave[k * LC + c];
 }
 
+/* Merge a block of LC channels (bn values each: shifts sh, sums s1 of the deviations and s2 of
+ * their squares) into the state's summaries (counts cnt, shifts k, offsets off, M2 m2); a
+ * channel's first block gives the state its shift. Disjoint arrays (restrict): the merge loop
+ * is vectorized without runtime alias checks. */
+static void bnsym_forward_train_f32_merge_block(const double *restrict cnt, double *restrict k, double *restrict off,
+    double *restrict m2, const double *restrict sh, const double *restrict s1, const double *restrict s2,
+    int64_t LC, double bn)
+{
+    int64_t c;
+    for (c = 0; c < LC; ++c)
+        if (cnt[c] == 0.0)
+            k[c] = sh[c];
+    for (c = 0; c < LC; ++c)
+        bnsym_stat_merge(cnt[c], bnsym_stat_weight(cnt[c], bn), &off[c], &m2[c],
+            bnsym_stat_block_d(k[c], off[c], sh[c], s1[c], bn), bnsym_stat_block_m2(s1[c], s2[c], bn));
+}
+
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
  * lanes, lane j: channel c0 + (j / R) % LC), summed in one pass as deviations from a per-channel
  * shift (the channel's running mean, or the mean of the block's first values), summed again
@@ -1115,15 +1132,9 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
             break;
         recentered = 1;
     }
-    for (c = 0; c < LC; ++c) {
-        const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
-        if (st->cnt[c0 + c] == 0.0) /* the channel's first block: its shift is the state's */
-            st->k[0 * ld + c0 + c] = p->shift[0 * LC + c];
-        bnsym_stat_merge(st->cnt[c0 + c], w, &st->off[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
-            bnsym_stat_block_d(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c],
-                p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
-            bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
-    }
+    bnsym_forward_train_f32_merge_block(st->cnt + c0, st->k + 0 * ld + c0, st->off + 0 * ld + c0,
+        st->m2 + 0 * ld + c0, p->shift + 0 * LC, p->bacc + 0 * LC,
+        p->bacc + 1 * LC, LC, bn);
     for (c = 0; c < LC; ++c) {
         st->cnt[c0 + c] += bn;
     }
@@ -2498,6 +2509,23 @@ static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *
     bnsym_forward_train_f64_set_shifts_d(p, L, LC, R);
 }
 
+/* Merge a block of LC channels (bn values each: shifts sh, sums s1 of the deviations and s2 of
+ * their squares) into the state's summaries (counts cnt, shifts k, offsets off, M2 m2); a
+ * channel's first block gives the state its shift. Disjoint arrays (restrict): the merge loop
+ * is vectorized without runtime alias checks. */
+static void bnsym_forward_train_f64_merge_block(const double *restrict cnt, double *restrict k, double *restrict off,
+    double *restrict m2, const double *restrict sh, const double *restrict s1, const double *restrict s2,
+    int64_t LC, double bn)
+{
+    int64_t c;
+    for (c = 0; c < LC; ++c)
+        if (cnt[c] == 0.0)
+            k[c] = sh[c];
+    for (c = 0; c < LC; ++c)
+        bnsym_stat_merge(cnt[c], bnsym_stat_weight(cnt[c], bn), &off[c], &m2[c],
+            bnsym_stat_block_d(k[c], off[c], sh[c], s1[c], bn), bnsym_stat_block_m2(s1[c], s2[c], bn));
+}
+
 /* One block of channels c0 .. c0 + LC - 1: nseg segments of seg_len values, stride apart (L
  * lanes, lane j: channel c0 + (j / R) % LC), summed in one pass as deviations from a per-channel
  * shift (the channel's running mean, or the mean of the block's first values), summed again
@@ -2563,15 +2591,9 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
             break;
         recentered = 1;
     }
-    for (c = 0; c < LC; ++c) {
-        const double w = bnsym_stat_weight(st->cnt[c0 + c], bn);
-        if (st->cnt[c0 + c] == 0.0) /* the channel's first block: its shift is the state's */
-            st->k[0 * ld + c0 + c] = p->shift[0 * LC + c];
-        bnsym_stat_merge(st->cnt[c0 + c], w, &st->off[0 * ld + c0 + c], &st->m2[0 * ld + c0 + c],
-            bnsym_stat_block_d(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c],
-                p->shift[0 * LC + c], p->bacc[0 * LC + c], bn),
-            bnsym_stat_block_m2(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn));
-    }
+    bnsym_forward_train_f64_merge_block(st->cnt + c0, st->k + 0 * ld + c0, st->off + 0 * ld + c0,
+        st->m2 + 0 * ld + c0, p->shift + 0 * LC, p->bacc + 0 * LC,
+        p->bacc + 1 * LC, LC, bn);
     for (c = 0; c < LC; ++c) {
         st->cnt[c0 + c] += bn;
     }
