@@ -393,7 +393,6 @@ typedef struct {
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
     double *coefd; /* coefficients of the element pass in double, [1][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
-    int use_wide;  /* run the element pass in double */
 } bnsym_backward_eval_f32_ctx;
 
 /* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
@@ -1067,12 +1066,12 @@ static void bnsym_backward_eval_f32_reduce_block(const bnsym_backward_eval_f32_c
     }
 }
 
-/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
- * thread order. */
-static void bnsym_backward_eval_f32_state_merge(bnsym_backward_eval_f32_state *dst, const bnsym_backward_eval_f32_state *src, int64_t C)
+/* dst += src for channels c0 .. c1-1 of C (Chan's merge for the moments, sums added); used in a
+ * fixed thread order. */
+static void bnsym_backward_eval_f32_state_merge(bnsym_backward_eval_f32_state *dst, const bnsym_backward_eval_f32_state *src, int64_t C, int64_t c0, int64_t c1)
 {
     int64_t c;
-    for (c = 0; c < C; ++c) {
+    for (c = c0; c < c1; ++c) {
         if (src->cnt[c] == 0.0)
             continue;
         dst->sum[0 * C + c] += src->sum[0 * C + c];
@@ -1090,6 +1089,20 @@ static void bnsym_backward_eval_f32_state_finish(const bnsym_backward_eval_f32_c
         a->red[0 * C + c] = st->sum[0 * C + c];
         a->red[1 * C + c] = st->sum[1 * C + c];
     }
+}
+
+/* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
+ * channels, C*tid/nthr .. C*(tid+1)/nthr - 1, merged into st[0] in thread order (the same sums
+ * for any split), finished, and their per-channel phase run. Every thread calls it, then a
+ * barrier: the serial part of a threaded reduction is split among the threads. */
+static void bnsym_backward_eval_f32_merge_channels(bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_state *st, int tid, int nthr)
+{
+    const int64_t c0 = a->C * tid / nthr, c1 = a->C * (tid + 1) / nthr;
+    int tt;
+    for (tt = 1; tt < nthr; ++tt)
+        bnsym_backward_eval_f32_state_merge(&st[0], &st[tt], a->C, c0, c1);
+    bnsym_backward_eval_f32_state_finish(a, &st[0], c0, c1);
+    bnsym_backward_eval_f32_channels(a, c0, c1);
 }
 
 /* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
@@ -1240,29 +1253,11 @@ static inline void bnsym_backward_eval_f32_elements_ncs(const bnsym_backward_eva
     }
 }
 
-/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+/* The element pass's coefficients as L lanes of R values per channel: lanes[k][j] =
+ * coef[k][c0 + (j / R) % LC] (short strips side by side). */
 static void bnsym_backward_eval_f32_coef_lanes(const bnsym_backward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    if (R == 1) {
-        for (u = 0; u < L; u += LC) {
-            {
-                const float *bn_c = a->coef + 0 * a->C + c0;
-                float *bn_l = lanes + 0 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-            {
-                const float *bn_c = a->coef + 1 * a->C + c0;
-                float *bn_l = lanes + 1 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-        }
-        return;
-    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -1282,12 +1277,38 @@ static void bnsym_backward_eval_f32_coef_lanes(const bnsym_backward_eval_f32_ctx
         }
 }
 
+/* Channels c0 .. c1-1 of the element pass's coefficients as L lanes of rows of C values:
+ * lanes[k][u + c] = coef[k][c] for every row u of the L / C. */
+static void bnsym_backward_eval_f32_coef_rows(const bnsym_backward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t c1)
+{
+    const int64_t C = a->C;
+    int64_t u, c;
+    for (u = 0; u < L; u += C) {
+        {
+            const float *bn_c = a->coef + 0 * C;
+            float *bn_l = lanes + 0 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+        {
+            const float *bn_c = a->coef + 1 * C;
+            float *bn_l = lanes + 1 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+    }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
- * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
-static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L)
+ * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
+ * coefficients are out of the array type's range (bnsym_backward_eval_f32_needs_wide). */
+static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L,
+    int wide)
 {
     int64_t j0;
-    if (a->use_wide) {
+    if (wide) {
         /* row by row: channels with a float coefficient out of range in double, the others as
          * below (same operations, same results) */
         const int64_t C = a->C;
@@ -1394,18 +1415,20 @@ typedef struct {
     bnsym_backward_eval_f32_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
-    int grouped, need_red, need_elem, cmaj, nt;
+    int grouped, need_red, need_elem, cmaj;
     float *glanes;      /* [nt][2][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
-    int64_t L;
-    size_t csz;
+    int64_t L, LC;
+    size_t csz, wsz;
     double *cbuf;           /* [nt][csz] per-thread channel lanes and shifts */
-    bnsym_backward_eval_f32_state *st;   /* [nt + 1] per-thread partials, then their merge */
-    bnsym_backward_eval_f32_scratch *sc; /* [nt + 1] */
+    double *wbuf;           /* [nt][wsz] per-thread workspaces, laid out by each thread */
+    bnsym_backward_eval_f32_state *st;   /* [nt] per-thread partials, merged into st[0] */
+    bnsym_backward_eval_f32_scratch *sc; /* [nt] */
 } bnsym_backward_eval_f32_ncs_job;
 
-/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
- * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge and per-channel
+ * phase of its share of the channels, then its units' element pass. Called by each thread of an
+ * OpenMP team or, for one thread, directly. */
 static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_job *p, int tid, int nthr)
 {
     bnsym_backward_eval_f32_ctx *a = p->a;
@@ -1420,7 +1443,10 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
     bnsym_backward_eval_f32_state *st = p->st;
     bnsym_backward_eval_f32_scratch *sc = p->sc;
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
+    int wide; /* the element pass runs in double (bnsym_backward_eval_f32_needs_wide) */
     int64_t u;
+    if (need_red)
+        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(float);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -1439,7 +1465,6 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
                     bnsym_backward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
         }
     } else if (need_red) {
-        int tt;
         if (chan_lanes)
             bnsym_backward_eval_f32_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
                 cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
@@ -1459,15 +1484,10 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
             }
         }
         BNSYM_BARRIER(nthr);
-        if (tid == 0) {
-            for (tt = 0; tt < nthr; ++tt)
-                bnsym_backward_eval_f32_state_merge(&st[p->nt], &st[tt], C);
-            bnsym_backward_eval_f32_state_finish(a, &st[p->nt], 0, C);
-            bnsym_backward_eval_f32_channels(a, 0, a->C);
-            a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
-        }
+        bnsym_backward_eval_f32_merge_channels(a, st, tid, nthr);
         BNSYM_BARRIER(nthr);
     }
+    wide = bnsym_backward_eval_f32_needs_wide(a);
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
         for (u = e0; u < e1; ++u) {
@@ -1475,7 +1495,7 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
-                if (a->use_wide || S >= BNSYM_ELEM_LANES_S) {
+                if (wide || S >= BNSYM_ELEM_LANES_S) {
                     /* strip by strip (strips long enough for a vector loop, or some channels
                      * in double) */
                     int64_t cc;
@@ -1488,7 +1508,7 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
                     float *lanes = p->glanes + (size_t)tid * 2 * (size_t)(Cg * S);
                     bnsym_backward_eval_f32_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_backward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                        bnsym_backward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, wide);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -1531,16 +1551,15 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     double *wbuf = NULL;
     bnsym_backward_eval_f32_state *st = NULL;
     bnsym_backward_eval_f32_scratch *sc = NULL;
-    int t;
     if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
         glanes = (float *)bnsym_alloc((size_t)nt * 2 * (size_t)(Cg * S), sizeof(float));
         if (glanes == NULL)
             return -1;
     }
     if (need_red) {
-        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
-        st = (bnsym_backward_eval_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f32_state));
-        sc = (bnsym_backward_eval_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f32_scratch));
+        wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
+        st = (bnsym_backward_eval_f32_state *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f32_state));
+        sc = (bnsym_backward_eval_f32_scratch *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f32_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
             bnsym_free(wbuf);
@@ -1550,15 +1569,12 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
             bnsym_free(glanes);
             return -1;
         }
-        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
-            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_eval_f32_reduction_inputs(a);
     } else
     {
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
         bnsym_backward_eval_f32_channels(a, 0, a->C);
-        a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
     }
     job.a = a;
     job.units = units;
@@ -1573,12 +1589,14 @@ static int bnsym_backward_eval_f32_run_ncs(bnsym_backward_eval_f32_ctx *a, int n
     job.need_red = need_red;
     job.need_elem = need_elem;
     job.cmaj = cmaj;
-    job.nt = nt;
     job.glanes = glanes;
     job.chan_lanes = chan_lanes;
     job.L = L;
+    job.LC = grouped ? Cg : 1;
     job.csz = csz;
+    job.wsz = wsz;
     job.cbuf = cbuf;
+    job.wbuf = wbuf;
     job.st = st;
     job.sc = sc;
     if (nt > 1) {
@@ -1604,14 +1622,17 @@ typedef struct {
     bnsym_backward_eval_f32_ctx *a;
     float *lanes; /* [2][Le] element-pass coefficients, Le / C rows side by side */
     int64_t R, Le;
-    int need_red, need_elem, nt;
+    int need_red, need_elem;
     int64_t L, RB;
-    bnsym_backward_eval_f32_state *st;   /* [nt + 1] per-thread partials, then their merge */
-    bnsym_backward_eval_f32_scratch *sc; /* [nt + 1] */
+    size_t wsz;
+    double *wbuf;           /* [nt][wsz] per-thread workspaces, laid out by each thread */
+    bnsym_backward_eval_f32_state *st;   /* [nt] per-thread partials, merged into st[0] */
+    bnsym_backward_eval_f32_scratch *sc; /* [nt] */
 } bnsym_backward_eval_f32_rows_job;
 
-/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
- * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its row range's reduction; the merge, per-channel phase and element-pass
+ * coefficient lanes of its share of the channels; then its row range's element pass. Called by
+ * each thread of an OpenMP team or, for one thread, directly. */
 static void bnsym_backward_eval_f32_rows_part(const bnsym_backward_eval_f32_rows_job *p, int tid, int nthr)
 {
     bnsym_backward_eval_f32_ctx *a = p->a;
@@ -1622,26 +1643,20 @@ static void bnsym_backward_eval_f32_rows_part(const bnsym_backward_eval_f32_rows
         bnsym_backward_eval_f32_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        int tt;
+        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         bnsym_backward_eval_f32_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
             bnsym_backward_eval_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
         }
         BNSYM_BARRIER(nthr);
-        if (tid == 0) {
-            for (tt = 0; tt < nthr; ++tt)
-                bnsym_backward_eval_f32_state_merge(&st[p->nt], &st[tt], C);
-            bnsym_backward_eval_f32_state_finish(a, &st[p->nt], 0, C);
-            bnsym_backward_eval_f32_channels(a, 0, a->C);
-            a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
-            if (p->need_elem)
-                bnsym_backward_eval_f32_coef_lanes(a, p->lanes, Le, 0, C, 1);
-        }
+        bnsym_backward_eval_f32_merge_channels(a, st, tid, nthr);
+        if (p->need_elem)
+            bnsym_backward_eval_f32_coef_rows(a, p->lanes, Le, C * tid / nthr, C * (tid + 1) / nthr);
         BNSYM_BARRIER(nthr);
     }
     if (p->need_elem)
-        bnsym_backward_eval_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+        bnsym_backward_eval_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, bnsym_backward_eval_f32_needs_wide(a));
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -1654,13 +1669,11 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     const int need_elem = a->grad_input != NULL;
     float *lanes = NULL;
     bnsym_backward_eval_f32_rows_job job;
-    int64_t c;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
     bnsym_backward_eval_f32_state *st = NULL;
     bnsym_backward_eval_f32_scratch *sc = NULL;
-    int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
@@ -1668,17 +1681,15 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
     wsz = bnsym_backward_eval_f32_work_size(C, L, C);
     if (need_red) {
-        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
-        st = (bnsym_backward_eval_f32_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f32_state));
-        sc = (bnsym_backward_eval_f32_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f32_scratch));
+        wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
+        st = (bnsym_backward_eval_f32_state *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f32_state));
+        sc = (bnsym_backward_eval_f32_scratch *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f32_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
             bnsym_free(wbuf);
             bnsym_free(st);
             bnsym_free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
-            bnsym_backward_eval_f32_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_eval_f32_reduction_inputs(a);
     }
     if (need_elem) {
@@ -1690,13 +1701,13 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
             return -1;
         }
     }
-    if (!need_red) {
+    if (!need_red) { /* the per-channel phase before the team: too little work to share */
+        int64_t c;
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_eval_f32_channels(a, 0, a->C);
-        a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
+        bnsym_backward_eval_f32_channels(a, 0, C);
         if (need_elem)
-            bnsym_backward_eval_f32_coef_lanes(a, lanes, Le, 0, C, 1);
+            bnsym_backward_eval_f32_coef_rows(a, lanes, Le, 0, C);
     }
     job.a = a;
     job.lanes = lanes;
@@ -1704,9 +1715,10 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     job.Le = Le;
     job.need_red = need_red;
     job.need_elem = need_elem;
-    job.nt = nt;
     job.L = L;
     job.RB = RB;
+    job.wsz = wsz;
+    job.wbuf = wbuf;
     job.st = st;
     job.sc = sc;
     if (nt > 1) {
@@ -1756,12 +1768,11 @@ static int bnsym_backward_eval_f32_run_small(bnsym_backward_eval_f32_ctx *a, int
             a->red[c] = 0.0;
     }
     bnsym_backward_eval_f32_channels(a, 0, C);
-    a->use_wide = bnsym_backward_eval_f32_needs_wide(a);
     if (need_elem) {
         if (rows) {
             float *lanes = (float *)(buf + wsz);
-            bnsym_backward_eval_f32_coef_lanes(a, lanes, C, 0, C, 1);
-            bnsym_backward_eval_f32_elements_lanes(a, lanes, 0, N * S * C, C);
+            bnsym_backward_eval_f32_coef_rows(a, lanes, C, 0, C);
+            bnsym_backward_eval_f32_elements_lanes(a, lanes, 0, N * S * C, C, bnsym_backward_eval_f32_needs_wide(a));
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)
@@ -1839,7 +1850,6 @@ int bnsym_backward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.guard = ctx.red + 2 * C;
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 1 * C;
-    ctx.use_wide = 0;
     ctx.stream = bnsym_backward_eval_f32_streams(&ctx);
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_backward_eval_f32_run_small(&ctx, S == 1);
@@ -1914,7 +1924,6 @@ int bnsym_backward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.guard = ctx.red + 2 * C;
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 1 * C;
-    ctx.use_wide = 0;
     ctx.stream = bnsym_backward_eval_f32_streams(&ctx);
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_backward_eval_f32_run_small(&ctx, 1);
@@ -2354,12 +2363,12 @@ static void bnsym_backward_eval_f64_reduce_block(const bnsym_backward_eval_f64_c
     }
 }
 
-/* dst += src, channel by channel (Chan's merge for the moments, sums added); used in a fixed
- * thread order. */
-static void bnsym_backward_eval_f64_state_merge(bnsym_backward_eval_f64_state *dst, const bnsym_backward_eval_f64_state *src, int64_t C)
+/* dst += src for channels c0 .. c1-1 of C (Chan's merge for the moments, sums added); used in a
+ * fixed thread order. */
+static void bnsym_backward_eval_f64_state_merge(bnsym_backward_eval_f64_state *dst, const bnsym_backward_eval_f64_state *src, int64_t C, int64_t c0, int64_t c1)
 {
     int64_t c;
-    for (c = 0; c < C; ++c) {
+    for (c = c0; c < c1; ++c) {
         if (src->cnt[c] == 0.0)
             continue;
         dst->sum[0 * C + c] += src->sum[0 * C + c];
@@ -2377,6 +2386,20 @@ static void bnsym_backward_eval_f64_state_finish(const bnsym_backward_eval_f64_c
         a->red[0 * C + c] = st->sum[0 * C + c];
         a->red[1 * C + c] = st->sum[1 * C + c];
     }
+}
+
+/* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
+ * channels, C*tid/nthr .. C*(tid+1)/nthr - 1, merged into st[0] in thread order (the same sums
+ * for any split), finished, and their per-channel phase run. Every thread calls it, then a
+ * barrier: the serial part of a threaded reduction is split among the threads. */
+static void bnsym_backward_eval_f64_merge_channels(bnsym_backward_eval_f64_ctx *a, bnsym_backward_eval_f64_state *st, int tid, int nthr)
+{
+    const int64_t c0 = a->C * tid / nthr, c1 = a->C * (tid + 1) / nthr;
+    int tt;
+    for (tt = 1; tt < nthr; ++tt)
+        bnsym_backward_eval_f64_state_merge(&st[0], &st[tt], a->C, c0, c1);
+    bnsym_backward_eval_f64_state_finish(a, &st[0], c0, c1);
+    bnsym_backward_eval_f64_channels(a, c0, c1);
 }
 
 /* Layout ncs, long strips: units u0 .. u1-1 of channels c0 .. c0+nc-1 (see bnsym_ncs_unit).
@@ -2495,22 +2518,11 @@ static inline void bnsym_backward_eval_f64_elements_ncs(const bnsym_backward_eva
     }
 }
 
-/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+/* The element pass's coefficients as L lanes of R values per channel: lanes[k][j] =
+ * coef[k][c0 + (j / R) % LC] (short strips side by side). */
 static void bnsym_backward_eval_f64_coef_lanes(const bnsym_backward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    if (R == 1) {
-        for (u = 0; u < L; u += LC) {
-            {
-                const double *bn_c = a->coef + 0 * a->C + c0;
-                double *bn_l = lanes + 0 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-        }
-        return;
-    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -2523,11 +2535,31 @@ static void bnsym_backward_eval_f64_coef_lanes(const bnsym_backward_eval_f64_ctx
         }
 }
 
+/* Channels c0 .. c1-1 of the element pass's coefficients as L lanes of rows of C values:
+ * lanes[k][u + c] = coef[k][c] for every row u of the L / C. */
+static void bnsym_backward_eval_f64_coef_rows(const bnsym_backward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t c1)
+{
+    const int64_t C = a->C;
+    int64_t u, c;
+    for (u = 0; u < L; u += C) {
+        {
+            const double *bn_c = a->coef + 0 * C;
+            double *bn_l = lanes + 0 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+    }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
- * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
-static void bnsym_backward_eval_f64_elements_lanes(const bnsym_backward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L)
+ * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
+ * coefficients are out of the array type's range (bnsym_backward_eval_f64_needs_wide; never here). */
+static void bnsym_backward_eval_f64_elements_lanes(const bnsym_backward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L,
+    int wide)
 {
     int64_t j0;
+    (void)wide;
     const double *bn_lane_dx_k_dy = lanes + 0 * L;
 #if BNSYM_STREAM
     if (a->stream) {
@@ -2606,18 +2638,20 @@ typedef struct {
     bnsym_backward_eval_f64_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
-    int grouped, need_red, need_elem, cmaj, nt;
+    int grouped, need_red, need_elem, cmaj;
     double *glanes;      /* [nt][1][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
-    int64_t L;
-    size_t csz;
+    int64_t L, LC;
+    size_t csz, wsz;
     double *cbuf;           /* [nt][csz] per-thread channel lanes and shifts */
-    bnsym_backward_eval_f64_state *st;   /* [nt + 1] per-thread partials, then their merge */
-    bnsym_backward_eval_f64_scratch *sc; /* [nt + 1] */
+    double *wbuf;           /* [nt][wsz] per-thread workspaces, laid out by each thread */
+    bnsym_backward_eval_f64_state *st;   /* [nt] per-thread partials, merged into st[0] */
+    bnsym_backward_eval_f64_scratch *sc; /* [nt] */
 } bnsym_backward_eval_f64_ncs_job;
 
-/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
- * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge and per-channel
+ * phase of its share of the channels, then its units' element pass. Called by each thread of an
+ * OpenMP team or, for one thread, directly. */
 static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_job *p, int tid, int nthr)
 {
     bnsym_backward_eval_f64_ctx *a = p->a;
@@ -2633,6 +2667,8 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
     bnsym_backward_eval_f64_scratch *sc = p->sc;
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
     int64_t u;
+    if (need_red)
+        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(double);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -2651,7 +2687,6 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
                     bnsym_backward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
         }
     } else if (need_red) {
-        int tt;
         if (chan_lanes)
             bnsym_backward_eval_f64_ncs_range(a, &st[tid], &sc[tid], cbuf + (size_t)tid * csz,
                 cbuf + (size_t)tid * csz + (size_t)C * 2 * BNSYM_LANES, u0, u1, nsb, sb, 0, C);
@@ -2671,12 +2706,7 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
             }
         }
         BNSYM_BARRIER(nthr);
-        if (tid == 0) {
-            for (tt = 0; tt < nthr; ++tt)
-                bnsym_backward_eval_f64_state_merge(&st[p->nt], &st[tt], C);
-            bnsym_backward_eval_f64_state_finish(a, &st[p->nt], 0, C);
-            bnsym_backward_eval_f64_channels(a, 0, a->C);
-        }
+        bnsym_backward_eval_f64_merge_channels(a, st, tid, nthr);
         BNSYM_BARRIER(nthr);
     }
     if (need_elem && !cmaj) {
@@ -2698,7 +2728,7 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
                     double *lanes = p->glanes + (size_t)tid * 1 * (size_t)(Cg * S);
                     bnsym_backward_eval_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_backward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                        bnsym_backward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, 0);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -2741,16 +2771,15 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     double *wbuf = NULL;
     bnsym_backward_eval_f64_state *st = NULL;
     bnsym_backward_eval_f64_scratch *sc = NULL;
-    int t;
     if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
         glanes = (double *)bnsym_alloc((size_t)nt * 1 * (size_t)(Cg * S), sizeof(double));
         if (glanes == NULL)
             return -1;
     }
     if (need_red) {
-        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
-        st = (bnsym_backward_eval_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f64_state));
-        sc = (bnsym_backward_eval_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f64_scratch));
+        wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
+        st = (bnsym_backward_eval_f64_state *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f64_state));
+        sc = (bnsym_backward_eval_f64_scratch *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f64_scratch));
         cbuf = (double *)bnsym_alloc((size_t)nt * csz, sizeof(double));
         if (wbuf == NULL || st == NULL || sc == NULL || cbuf == NULL) {
             bnsym_free(wbuf);
@@ -2760,8 +2789,6 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
             bnsym_free(glanes);
             return -1;
         }
-        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
-            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, grouped ? Cg : 1, t < nt);
         bnsym_backward_eval_f64_reduction_inputs(a);
     } else
     {
@@ -2782,12 +2809,14 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     job.need_red = need_red;
     job.need_elem = need_elem;
     job.cmaj = cmaj;
-    job.nt = nt;
     job.glanes = glanes;
     job.chan_lanes = chan_lanes;
     job.L = L;
+    job.LC = grouped ? Cg : 1;
     job.csz = csz;
+    job.wsz = wsz;
     job.cbuf = cbuf;
+    job.wbuf = wbuf;
     job.st = st;
     job.sc = sc;
     if (nt > 1) {
@@ -2813,14 +2842,17 @@ typedef struct {
     bnsym_backward_eval_f64_ctx *a;
     double *lanes; /* [1][Le] element-pass coefficients, Le / C rows side by side */
     int64_t R, Le;
-    int need_red, need_elem, nt;
+    int need_red, need_elem;
     int64_t L, RB;
-    bnsym_backward_eval_f64_state *st;   /* [nt + 1] per-thread partials, then their merge */
-    bnsym_backward_eval_f64_scratch *sc; /* [nt + 1] */
+    size_t wsz;
+    double *wbuf;           /* [nt][wsz] per-thread workspaces, laid out by each thread */
+    bnsym_backward_eval_f64_state *st;   /* [nt] per-thread partials, merged into st[0] */
+    bnsym_backward_eval_f64_scratch *sc; /* [nt] */
 } bnsym_backward_eval_f64_rows_job;
 
-/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
- * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its row range's reduction; the merge, per-channel phase and element-pass
+ * coefficient lanes of its share of the channels; then its row range's element pass. Called by
+ * each thread of an OpenMP team or, for one thread, directly. */
 static void bnsym_backward_eval_f64_rows_part(const bnsym_backward_eval_f64_rows_job *p, int tid, int nthr)
 {
     bnsym_backward_eval_f64_ctx *a = p->a;
@@ -2831,25 +2863,20 @@ static void bnsym_backward_eval_f64_rows_part(const bnsym_backward_eval_f64_rows
         bnsym_backward_eval_f64_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        int tt;
+        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         bnsym_backward_eval_f64_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
             bnsym_backward_eval_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
         }
         BNSYM_BARRIER(nthr);
-        if (tid == 0) {
-            for (tt = 0; tt < nthr; ++tt)
-                bnsym_backward_eval_f64_state_merge(&st[p->nt], &st[tt], C);
-            bnsym_backward_eval_f64_state_finish(a, &st[p->nt], 0, C);
-            bnsym_backward_eval_f64_channels(a, 0, a->C);
-            if (p->need_elem)
-                bnsym_backward_eval_f64_coef_lanes(a, p->lanes, Le, 0, C, 1);
-        }
+        bnsym_backward_eval_f64_merge_channels(a, st, tid, nthr);
+        if (p->need_elem)
+            bnsym_backward_eval_f64_coef_rows(a, p->lanes, Le, C * tid / nthr, C * (tid + 1) / nthr);
         BNSYM_BARRIER(nthr);
     }
     if (p->need_elem)
-        bnsym_backward_eval_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+        bnsym_backward_eval_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, 0);
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -2862,13 +2889,11 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     const int need_elem = a->grad_input != NULL;
     double *lanes = NULL;
     bnsym_backward_eval_f64_rows_job job;
-    int64_t c;
     int64_t Ur = 1, L, RB;
     size_t wsz;
     double *wbuf = NULL;
     bnsym_backward_eval_f64_state *st = NULL;
     bnsym_backward_eval_f64_scratch *sc = NULL;
-    int t;
     while ((C * Ur) % BNSYM_LANES != 0)
         Ur *= 2;
     L = C * Ur;
@@ -2876,17 +2901,15 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
     wsz = bnsym_backward_eval_f64_work_size(C, L, C);
     if (need_red) {
-        wbuf = (double *)bnsym_alloc((size_t)(nt + 1) * wsz, sizeof(double));
-        st = (bnsym_backward_eval_f64_state *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f64_state));
-        sc = (bnsym_backward_eval_f64_scratch *)bnsym_alloc((size_t)(nt + 1), sizeof(bnsym_backward_eval_f64_scratch));
+        wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
+        st = (bnsym_backward_eval_f64_state *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f64_state));
+        sc = (bnsym_backward_eval_f64_scratch *)bnsym_alloc((size_t)nt, sizeof(bnsym_backward_eval_f64_scratch));
         if (wbuf == NULL || st == NULL || sc == NULL) {
             bnsym_free(wbuf);
             bnsym_free(st);
             bnsym_free(sc);
             return -1;
         }
-        for (t = 0; t <= nt; ++t) /* slot nt holds the merged state only: no scratch */
-            bnsym_backward_eval_f64_work_init(&st[t], &sc[t], wbuf + (size_t)t * wsz, C, L, C, t < nt);
         bnsym_backward_eval_f64_reduction_inputs(a);
     }
     if (need_elem) {
@@ -2898,12 +2921,13 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
             return -1;
         }
     }
-    if (!need_red) {
+    if (!need_red) { /* the per-channel phase before the team: too little work to share */
+        int64_t c;
         for (c = 0; c < 2 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_backward_eval_f64_channels(a, 0, a->C);
+        bnsym_backward_eval_f64_channels(a, 0, C);
         if (need_elem)
-            bnsym_backward_eval_f64_coef_lanes(a, lanes, Le, 0, C, 1);
+            bnsym_backward_eval_f64_coef_rows(a, lanes, Le, 0, C);
     }
     job.a = a;
     job.lanes = lanes;
@@ -2911,9 +2935,10 @@ static int bnsym_backward_eval_f64_run_rows(bnsym_backward_eval_f64_ctx *a, int 
     job.Le = Le;
     job.need_red = need_red;
     job.need_elem = need_elem;
-    job.nt = nt;
     job.L = L;
     job.RB = RB;
+    job.wsz = wsz;
+    job.wbuf = wbuf;
     job.st = st;
     job.sc = sc;
     if (nt > 1) {
@@ -2966,8 +2991,8 @@ static int bnsym_backward_eval_f64_run_small(bnsym_backward_eval_f64_ctx *a, int
     if (need_elem) {
         if (rows) {
             double *lanes = (double *)(buf + wsz);
-            bnsym_backward_eval_f64_coef_lanes(a, lanes, C, 0, C, 1);
-            bnsym_backward_eval_f64_elements_lanes(a, lanes, 0, N * S * C, C);
+            bnsym_backward_eval_f64_coef_rows(a, lanes, C, 0, C);
+            bnsym_backward_eval_f64_elements_lanes(a, lanes, 0, N * S * C, C, 0);
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)

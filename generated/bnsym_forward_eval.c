@@ -308,7 +308,6 @@ typedef struct {
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
     double *coefd; /* coefficients of the element pass in double, [3][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
-    int use_wide;  /* run the element pass in double */
 } bnsym_forward_eval_f32_ctx;
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -450,36 +449,11 @@ static inline void bnsym_forward_eval_f32_elements_ncs(const bnsym_forward_eval_
     }
 }
 
-/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+/* The element pass's coefficients as L lanes of R values per channel: lanes[k][j] =
+ * coef[k][c0 + (j / R) % LC] (short strips side by side). */
 static void bnsym_forward_eval_f32_coef_lanes(const bnsym_forward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    if (R == 1) {
-        for (u = 0; u < L; u += LC) {
-            {
-                const float *bn_c = a->coef + 0 * a->C + c0;
-                float *bn_l = lanes + 0 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-            {
-                const float *bn_c = a->coef + 1 * a->C + c0;
-                float *bn_l = lanes + 1 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-            {
-                const float *bn_c = a->coef + 2 * a->C + c0;
-                float *bn_l = lanes + 2 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-        }
-        return;
-    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -506,12 +480,45 @@ static void bnsym_forward_eval_f32_coef_lanes(const bnsym_forward_eval_f32_ctx *
         }
 }
 
+/* Channels c0 .. c1-1 of the element pass's coefficients as L lanes of rows of C values:
+ * lanes[k][u + c] = coef[k][c] for every row u of the L / C. */
+static void bnsym_forward_eval_f32_coef_rows(const bnsym_forward_eval_f32_ctx *a, float *lanes, int64_t L, int64_t c0, int64_t c1)
+{
+    const int64_t C = a->C;
+    int64_t u, c;
+    for (u = 0; u < L; u += C) {
+        {
+            const float *bn_c = a->coef + 0 * C;
+            float *bn_l = lanes + 0 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+        {
+            const float *bn_c = a->coef + 1 * C;
+            float *bn_l = lanes + 1 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+        {
+            const float *bn_c = a->coef + 2 * C;
+            float *bn_l = lanes + 2 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+    }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
- * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
-static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L)
+ * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
+ * coefficients are out of the array type's range (bnsym_forward_eval_f32_needs_wide). */
+static void bnsym_forward_eval_f32_elements_lanes(const bnsym_forward_eval_f32_ctx *a, const float *lanes, int64_t off, int64_t len, int64_t L,
+    int wide)
 {
     int64_t j0;
-    if (a->use_wide) {
+    if (wide) {
         /* row by row: channels with a float coefficient out of range in double, the others as
          * below (same operations, same results) */
         const int64_t C = a->C;
@@ -633,19 +640,22 @@ typedef struct {
     bnsym_forward_eval_f32_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
-    int grouped, need_red, need_elem, cmaj, nt;
+    int grouped, need_red, need_elem, cmaj;
     float *glanes;      /* [nt][3][Cg * S] per-thread coefficient lanes of a channel group */
 } bnsym_forward_eval_f32_ncs_job;
 
-/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
- * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge and per-channel
+ * phase of its share of the channels, then its units' element pass. Called by each thread of an
+ * OpenMP team or, for one thread, directly. */
 static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job *p, int tid, int nthr)
 {
     bnsym_forward_eval_f32_ctx *a = p->a;
     const int64_t N = a->N, C = a->C, S = a->S;
     const int64_t ng = p->ng, Cg = p->Cg, nsb = p->nsb, sb = p->sb;
     const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
+    int wide; /* the element pass runs in double (bnsym_forward_eval_f32_needs_wide) */
     int64_t u;
+    wide = bnsym_forward_eval_f32_needs_wide(a);
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
         for (u = e0; u < e1; ++u) {
@@ -653,7 +663,7 @@ static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
-                if (a->use_wide || S >= BNSYM_ELEM_LANES_S) {
+                if (wide || S >= BNSYM_ELEM_LANES_S) {
                     /* strip by strip (strips long enough for a vector loop, or some channels
                      * in double) */
                     int64_t cc;
@@ -666,7 +676,7 @@ static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job
                     float *lanes = p->glanes + (size_t)tid * 3 * (size_t)(Cg * S);
                     bnsym_forward_eval_f32_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_forward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                        bnsym_forward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, wide);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -708,7 +718,6 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
         bnsym_forward_eval_f32_channels(a, 0, a->C);
-        a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
     }
     job.a = a;
     job.units = units;
@@ -723,7 +732,6 @@ static int bnsym_forward_eval_f32_run_ncs(bnsym_forward_eval_f32_ctx *a, int nt)
     job.need_red = need_red;
     job.need_elem = need_elem;
     job.cmaj = cmaj;
-    job.nt = nt;
     job.glanes = glanes;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
@@ -744,18 +752,19 @@ typedef struct {
     bnsym_forward_eval_f32_ctx *a;
     float *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
     int64_t R, Le;
-    int need_red, need_elem, nt;
+    int need_red, need_elem;
 } bnsym_forward_eval_f32_rows_job;
 
-/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
- * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its row range's reduction; the merge, per-channel phase and element-pass
+ * coefficient lanes of its share of the channels; then its row range's element pass. Called by
+ * each thread of an OpenMP team or, for one thread, directly. */
 static void bnsym_forward_eval_f32_rows_part(const bnsym_forward_eval_f32_rows_job *p, int tid, int nthr)
 {
     bnsym_forward_eval_f32_ctx *a = p->a;
     const int64_t C = a->C, R = p->R, Le = p->Le;
     const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
     if (p->need_elem)
-        bnsym_forward_eval_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+        bnsym_forward_eval_f32_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, bnsym_forward_eval_f32_needs_wide(a));
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -768,20 +777,19 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     const int need_elem = 1;
     float *lanes = NULL;
     bnsym_forward_eval_f32_rows_job job;
-    int64_t c;
     if (need_elem) {
         lanes = (float *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(float));
         if (lanes == NULL) {
             return -1;
         }
     }
-    if (!need_red) {
+    if (!need_red) { /* the per-channel phase before the team: too little work to share */
+        int64_t c;
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f32_channels(a, 0, a->C);
-        a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
+        bnsym_forward_eval_f32_channels(a, 0, C);
         if (need_elem)
-            bnsym_forward_eval_f32_coef_lanes(a, lanes, Le, 0, C, 1);
+            bnsym_forward_eval_f32_coef_rows(a, lanes, Le, 0, C);
     }
     job.a = a;
     job.lanes = lanes;
@@ -789,7 +797,6 @@ static int bnsym_forward_eval_f32_run_rows(bnsym_forward_eval_f32_ctx *a, int nt
     job.Le = Le;
     job.need_red = need_red;
     job.need_elem = need_elem;
-    job.nt = nt;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
         bnsym_forward_eval_f32_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
@@ -822,12 +829,11 @@ static int bnsym_forward_eval_f32_run_small(bnsym_forward_eval_f32_ctx *a, int r
             a->red[c] = 0.0;
     }
     bnsym_forward_eval_f32_channels(a, 0, C);
-    a->use_wide = bnsym_forward_eval_f32_needs_wide(a);
     if (need_elem) {
         if (rows) {
             float *lanes = (float *)(buf + wsz);
-            bnsym_forward_eval_f32_coef_lanes(a, lanes, C, 0, C, 1);
-            bnsym_forward_eval_f32_elements_lanes(a, lanes, 0, N * S * C, C);
+            bnsym_forward_eval_f32_coef_rows(a, lanes, C, 0, C);
+            bnsym_forward_eval_f32_elements_lanes(a, lanes, 0, N * S * C, C, bnsym_forward_eval_f32_needs_wide(a));
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)
@@ -897,7 +903,6 @@ int bnsym_forward_eval_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.guard = ctx.red + 0 * C;
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 3 * C;
-    ctx.use_wide = 0;
     ctx.stream = bnsym_forward_eval_f32_streams(&ctx);
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_forward_eval_f32_run_small(&ctx, S == 1);
@@ -964,7 +969,6 @@ int bnsym_forward_eval_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.guard = ctx.red + 0 * C;
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 3 * C;
-    ctx.use_wide = 0;
     ctx.stream = bnsym_forward_eval_f32_streams(&ctx);
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_forward_eval_f32_run_small(&ctx, 1);
@@ -1101,36 +1105,11 @@ static inline void bnsym_forward_eval_f64_elements_ncs(const bnsym_forward_eval_
     }
 }
 
-/* The element pass's coefficients as L lanes: lanes[k][j] = coef[k][c0 + (j / R) % LC]. */
+/* The element pass's coefficients as L lanes of R values per channel: lanes[k][j] =
+ * coef[k][c0 + (j / R) % LC] (short strips side by side). */
 static void bnsym_forward_eval_f64_coef_lanes(const bnsym_forward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
-    if (R == 1) {
-        for (u = 0; u < L; u += LC) {
-            {
-                const double *bn_c = a->coef + 0 * a->C + c0;
-                double *bn_l = lanes + 0 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-            {
-                const double *bn_c = a->coef + 1 * a->C + c0;
-                double *bn_l = lanes + 1 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-            {
-                const double *bn_c = a->coef + 2 * a->C + c0;
-                double *bn_l = lanes + 2 * L + u;
-                BNSYM_SIMD
-                for (c = 0; c < LC; ++c)
-                    bn_l[c] = bn_c[c];
-            }
-        }
-        return;
-    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -1157,11 +1136,45 @@ static void bnsym_forward_eval_f64_coef_lanes(const bnsym_forward_eval_f64_ctx *
         }
 }
 
+/* Channels c0 .. c1-1 of the element pass's coefficients as L lanes of rows of C values:
+ * lanes[k][u + c] = coef[k][c] for every row u of the L / C. */
+static void bnsym_forward_eval_f64_coef_rows(const bnsym_forward_eval_f64_ctx *a, double *lanes, int64_t L, int64_t c0, int64_t c1)
+{
+    const int64_t C = a->C;
+    int64_t u, c;
+    for (u = 0; u < L; u += C) {
+        {
+            const double *bn_c = a->coef + 0 * C;
+            double *bn_l = lanes + 0 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+        {
+            const double *bn_c = a->coef + 1 * C;
+            double *bn_l = lanes + 1 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+        {
+            const double *bn_c = a->coef + 2 * C;
+            double *bn_l = lanes + 2 * L + u;
+            BNSYM_SIMD
+            for (c = c0; c < c1; ++c)
+                bn_l[c] = bn_c[c];
+        }
+    }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
- * each chunk of L values has the coefficients lanes[k][j] (channel j % C). */
-static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L)
+ * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
+ * coefficients are out of the array type's range (bnsym_forward_eval_f64_needs_wide; never here). */
+static void bnsym_forward_eval_f64_elements_lanes(const bnsym_forward_eval_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L,
+    int wide)
 {
     int64_t j0;
+    (void)wide;
     const double *bn_lane_beta = lanes + 0 * L;
     const double *bn_lane_running_mean_v = lanes + 1 * L;
     const double *bn_lane_y_k_xmu = lanes + 2 * L;
@@ -1256,12 +1269,13 @@ typedef struct {
     bnsym_forward_eval_f64_ctx *a;
     int64_t units, ng, Cg, RBn, nsb, sb;
     int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
-    int grouped, need_red, need_elem, cmaj, nt;
+    int grouped, need_red, need_elem, cmaj;
     double *glanes;      /* [nt][3][Cg * S] per-thread coefficient lanes of a channel group */
 } bnsym_forward_eval_f64_ncs_job;
 
-/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge (thread 0), then
- * its units' element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its units' reduction (or its channel blocks), the merge and per-channel
+ * phase of its share of the channels, then its units' element pass. Called by each thread of an
+ * OpenMP team or, for one thread, directly. */
 static void bnsym_forward_eval_f64_ncs_part(const bnsym_forward_eval_f64_ncs_job *p, int tid, int nthr)
 {
     bnsym_forward_eval_f64_ctx *a = p->a;
@@ -1288,7 +1302,7 @@ static void bnsym_forward_eval_f64_ncs_part(const bnsym_forward_eval_f64_ncs_job
                     double *lanes = p->glanes + (size_t)tid * 3 * (size_t)(Cg * S);
                     bnsym_forward_eval_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_forward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S);
+                        bnsym_forward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, 0);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -1344,7 +1358,6 @@ static int bnsym_forward_eval_f64_run_ncs(bnsym_forward_eval_f64_ctx *a, int nt)
     job.need_red = need_red;
     job.need_elem = need_elem;
     job.cmaj = cmaj;
-    job.nt = nt;
     job.glanes = glanes;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
@@ -1365,18 +1378,19 @@ typedef struct {
     bnsym_forward_eval_f64_ctx *a;
     double *lanes; /* [3][Le] element-pass coefficients, Le / C rows side by side */
     int64_t R, Le;
-    int need_red, need_elem, nt;
+    int need_red, need_elem;
 } bnsym_forward_eval_f64_rows_job;
 
-/* Thread tid of nthr: its row range's reduction, the merge (thread 0), then its row range's
- * element pass. Called by each thread of an OpenMP team or, for one thread, directly. */
+/* Thread tid of nthr: its row range's reduction; the merge, per-channel phase and element-pass
+ * coefficient lanes of its share of the channels; then its row range's element pass. Called by
+ * each thread of an OpenMP team or, for one thread, directly. */
 static void bnsym_forward_eval_f64_rows_part(const bnsym_forward_eval_f64_rows_job *p, int tid, int nthr)
 {
     bnsym_forward_eval_f64_ctx *a = p->a;
     const int64_t C = a->C, R = p->R, Le = p->Le;
     const int64_t r0 = R * tid / nthr, r1 = R * (tid + 1) / nthr;
     if (p->need_elem)
-        bnsym_forward_eval_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le);
+        bnsym_forward_eval_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, 0);
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -1389,19 +1403,19 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     const int need_elem = 1;
     double *lanes = NULL;
     bnsym_forward_eval_f64_rows_job job;
-    int64_t c;
     if (need_elem) {
         lanes = (double *)bnsym_alloc((size_t)3 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
             return -1;
         }
     }
-    if (!need_red) {
+    if (!need_red) { /* the per-channel phase before the team: too little work to share */
+        int64_t c;
         for (c = 0; c < 0 * C; ++c)
             a->red[c] = 0.0;
-        bnsym_forward_eval_f64_channels(a, 0, a->C);
+        bnsym_forward_eval_f64_channels(a, 0, C);
         if (need_elem)
-            bnsym_forward_eval_f64_coef_lanes(a, lanes, Le, 0, C, 1);
+            bnsym_forward_eval_f64_coef_rows(a, lanes, Le, 0, C);
     }
     job.a = a;
     job.lanes = lanes;
@@ -1409,7 +1423,6 @@ static int bnsym_forward_eval_f64_run_rows(bnsym_forward_eval_f64_ctx *a, int nt
     job.Le = Le;
     job.need_red = need_red;
     job.need_elem = need_elem;
-    job.nt = nt;
     if (nt > 1) {
         BNSYM_OMP(omp parallel num_threads(nt))
         bnsym_forward_eval_f64_rows_part(&job, BNSYM_TID(), BNSYM_NTHR());
@@ -1445,8 +1458,8 @@ static int bnsym_forward_eval_f64_run_small(bnsym_forward_eval_f64_ctx *a, int r
     if (need_elem) {
         if (rows) {
             double *lanes = (double *)(buf + wsz);
-            bnsym_forward_eval_f64_coef_lanes(a, lanes, C, 0, C, 1);
-            bnsym_forward_eval_f64_elements_lanes(a, lanes, 0, N * S * C, C);
+            bnsym_forward_eval_f64_coef_rows(a, lanes, C, 0, C);
+            bnsym_forward_eval_f64_elements_lanes(a, lanes, 0, N * S * C, C, 0);
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)
