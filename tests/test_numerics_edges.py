@@ -598,3 +598,31 @@ def test_empty_input(dtype, shape):
     assert gi.shape == shape
     np.testing.assert_array_equal(gw, np.zeros(3, dtype))
     np.testing.assert_array_equal(gb, np.zeros(3, dtype))
+
+
+@pytest.mark.parametrize("shape,layout", SCHEDULES + [((256, 8, 3, 3), "ncs")])
+@pytest.mark.parametrize("training", [True, False])
+def test_float32_coefficient_below_float_range(threads, shape, layout, training):
+    """float32, channel 1 with gamma = 1e-30 and a spread of 1e25 (training; a running variance of
+    1e36 for inference): its element-pass coefficient gamma*invstd, 1e-55 (1e-48), is 0 as a
+    float, while its outputs, about 1e-30 (1e-23), are normal floats. The element pass must run
+    that channel in double (every thread of a team told so, whichever thread computed the
+    channel), on every schedule (the last one: very short strips, whose element pass otherwise
+    runs over a channel group's lanes) and thread count; the other channels as usual."""
+    rng = np.random.default_rng(13)
+    C = shape[1]
+    spread = np.ones(C)
+    spread[1] = 1e25
+    x = arr(rng.standard_normal(shape) * spread.reshape((1, C) + (1,) * (len(shape) - 2)), F32, layout)
+    w = np.ones(C, F32)
+    w[1] = 1e-30
+    b = np.linspace(-1, 1, C).astype(F32)
+    b[1] = 0
+    if training:  # (running statistics would overflow float32 with a variance of 1e50)
+        y, _, _ = check_forward(x, w, b, None, None, True, what=f"tiny coefficient {shape}")
+    else:
+        rm = np.zeros(C, F32)
+        rv = np.ones(C, F32)
+        rv[1] = 1e36
+        y, _, _ = check_forward(x, w, b, rm, rv, False, what=f"tiny coefficient {shape}")
+    assert (y[:, 1] != 0).all()
