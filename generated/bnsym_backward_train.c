@@ -452,7 +452,7 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 2 * 0 + 2) * C; ++j) /* k: set with the first values */
+    for (j = 0; j < (1 + 3 * 0 + 2) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -1123,10 +1123,11 @@ static void bnsym_backward_train_f32_state_merge(bnsym_backward_train_f32_state 
 {
     int64_t c;
     for (c = c0; c < c1; ++c) {
-        if (src->cnt[c] == 0.0)
-            continue;
-        dst->sum[0 * C + c] += src->sum[0 * C + c];
-        dst->sum[1 * C + c] += src->sum[1 * C + c];
+        const int keep = src->cnt[c] == 0.0; /* (a sum of -0.0 stays -0.0) */
+        dst->sum[0 * C + c] = keep ? dst->sum[0 * C + c]
+            : dst->sum[0 * C + c] + src->sum[0 * C + c];
+        dst->sum[1 * C + c] = keep ? dst->sum[1 * C + c]
+            : dst->sum[1 * C + c] + src->sum[1 * C + c];
         dst->cnt[c] += src->cnt[c];
     }
 }
@@ -2136,7 +2137,7 @@ static void bnsym_backward_train_f64_work_init(bnsym_backward_train_f64_state *s
     sc->shift = st->k + 0 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 2 * 0 + 2) * C; ++j) /* k: set with the first values */
+    for (j = 0; j < (1 + 3 * 0 + 2) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -2527,10 +2528,11 @@ static void bnsym_backward_train_f64_state_merge(bnsym_backward_train_f64_state 
 {
     int64_t c;
     for (c = c0; c < c1; ++c) {
-        if (src->cnt[c] == 0.0)
-            continue;
-        dst->sum[0 * C + c] += src->sum[0 * C + c];
-        dst->sum[1 * C + c] += src->sum[1 * C + c];
+        const int keep = src->cnt[c] == 0.0; /* (a sum of -0.0 stays -0.0) */
+        dst->sum[0 * C + c] = keep ? dst->sum[0 * C + c]
+            : dst->sum[0 * C + c] + src->sum[0 * C + c];
+        dst->sum[1 * C + c] = keep ? dst->sum[1 * C + c]
+            : dst->sum[1 * C + c] + src->sum[1 * C + c];
         dst->cnt[c] += src->cnt[c];
     }
 }

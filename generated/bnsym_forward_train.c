@@ -453,7 +453,7 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 2 * 1 + 0) * C; ++j) /* k: set with the first values */
+    for (j = 0; j < (1 + 3 * 1 + 0) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -1139,26 +1139,34 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     }
 }
 
+/* Chan's merge of n channels' summaries b (count nb, shift kb, offset ob, M2 qb) into a: where
+ * b is empty, a stays as it is; where a is empty, it takes b as it is, shift included. Selects
+ * over disjoint arrays, so that it vectorizes; na and nb are the counts before the merge. */
+static void bnsym_forward_train_f32_merge_moment(const double *restrict na, const double *restrict nb, double *restrict ka,
+    double *restrict oa, double *restrict qa, const double *restrict kb, const double *restrict ob,
+    const double *restrict qb, int64_t n)
+{
+    int64_t c;
+    for (c = 0; c < n; ++c) {
+        const int take = na[c] == 0.0, keep = nb[c] == 0.0;
+        double o = oa[c], q = qa[c];
+        bnsym_stat_merge(na[c], bnsym_stat_weight(na[c], nb[c]), &o, &q,
+            bnsym_stat_mean_d(ka[c], oa[c], kb[c], ob[c]), qb[c]);
+        ka[c] = (take && !keep) ? kb[c] : ka[c];
+        oa[c] = keep ? oa[c] : (take ? ob[c] : o);
+        qa[c] = keep ? qa[c] : (take ? qb[c] : q);
+    }
+}
+
 /* dst += src for channels c0 .. c1-1 of C (Chan's merge for the moments, sums added); used in a
  * fixed thread order. */
 static void bnsym_forward_train_f32_state_merge(bnsym_forward_train_f32_state *dst, const bnsym_forward_train_f32_state *src, int64_t C, int64_t c0, int64_t c1)
 {
     int64_t c;
+    bnsym_forward_train_f32_merge_moment(dst->cnt + c0, src->cnt + c0, dst->k + 0 * C + c0, dst->off + 0 * C + c0,
+        dst->m2 + 0 * C + c0, src->k + 0 * C + c0, src->off + 0 * C + c0,
+        src->m2 + 0 * C + c0, c1 - c0);
     for (c = c0; c < c1; ++c) {
-        double w;
-        if (src->cnt[c] == 0.0)
-            continue;
-        w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
-        if (dst->cnt[c] == 0.0) { /* the first summary: taken as it is, shift included */
-            dst->k[0 * C + c] = src->k[0 * C + c];
-            dst->off[0 * C + c] = src->off[0 * C + c];
-            dst->m2[0 * C + c] = src->m2[0 * C + c];
-        } else {
-            bnsym_stat_merge(dst->cnt[c], w, &dst->off[0 * C + c], &dst->m2[0 * C + c],
-                bnsym_stat_mean_d(dst->k[0 * C + c], dst->off[0 * C + c],
-                    src->k[0 * C + c], src->off[0 * C + c]),
-                src->m2[0 * C + c]);
-        }
         dst->cnt[c] += src->cnt[c];
     }
 }
@@ -2161,7 +2169,7 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     sc->shift = st->k + 1 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->all_strips = 0;
-    for (j = 0; j < (1 + 2 * 1 + 0) * C; ++j) /* k: set with the first values */
+    for (j = 0; j < (1 + 3 * 1 + 0) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
     if (zero_scratch) {
         for (j = 0; j < 2 * L; ++j)
@@ -2608,26 +2616,34 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     }
 }
 
+/* Chan's merge of n channels' summaries b (count nb, shift kb, offset ob, M2 qb) into a: where
+ * b is empty, a stays as it is; where a is empty, it takes b as it is, shift included. Selects
+ * over disjoint arrays, so that it vectorizes; na and nb are the counts before the merge. */
+static void bnsym_forward_train_f64_merge_moment(const double *restrict na, const double *restrict nb, double *restrict ka,
+    double *restrict oa, double *restrict qa, const double *restrict kb, const double *restrict ob,
+    const double *restrict qb, int64_t n)
+{
+    int64_t c;
+    for (c = 0; c < n; ++c) {
+        const int take = na[c] == 0.0, keep = nb[c] == 0.0;
+        double o = oa[c], q = qa[c];
+        bnsym_stat_merge(na[c], bnsym_stat_weight(na[c], nb[c]), &o, &q,
+            bnsym_stat_mean_d(ka[c], oa[c], kb[c], ob[c]), qb[c]);
+        ka[c] = (take && !keep) ? kb[c] : ka[c];
+        oa[c] = keep ? oa[c] : (take ? ob[c] : o);
+        qa[c] = keep ? qa[c] : (take ? qb[c] : q);
+    }
+}
+
 /* dst += src for channels c0 .. c1-1 of C (Chan's merge for the moments, sums added); used in a
  * fixed thread order. */
 static void bnsym_forward_train_f64_state_merge(bnsym_forward_train_f64_state *dst, const bnsym_forward_train_f64_state *src, int64_t C, int64_t c0, int64_t c1)
 {
     int64_t c;
+    bnsym_forward_train_f64_merge_moment(dst->cnt + c0, src->cnt + c0, dst->k + 0 * C + c0, dst->off + 0 * C + c0,
+        dst->m2 + 0 * C + c0, src->k + 0 * C + c0, src->off + 0 * C + c0,
+        src->m2 + 0 * C + c0, c1 - c0);
     for (c = c0; c < c1; ++c) {
-        double w;
-        if (src->cnt[c] == 0.0)
-            continue;
-        w = bnsym_stat_weight(dst->cnt[c], src->cnt[c]);
-        if (dst->cnt[c] == 0.0) { /* the first summary: taken as it is, shift included */
-            dst->k[0 * C + c] = src->k[0 * C + c];
-            dst->off[0 * C + c] = src->off[0 * C + c];
-            dst->m2[0 * C + c] = src->m2[0 * C + c];
-        } else {
-            bnsym_stat_merge(dst->cnt[c], w, &dst->off[0 * C + c], &dst->m2[0 * C + c],
-                bnsym_stat_mean_d(dst->k[0 * C + c], dst->off[0 * C + c],
-                    src->k[0 * C + c], src->off[0 * C + c]),
-                src->m2[0 * C + c]);
-        }
         dst->cnt[c] += src->cnt[c];
     }
 }
