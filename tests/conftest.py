@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sysconfig
@@ -89,3 +90,13 @@ def c_compiler():
         if shutil.which(alt):
             return [alt]
     pytest.skip("no C compiler found ($CC, cc, gcc, clang)")
+
+
+@pytest.fixture(scope="session")
+def min_work():
+    """``BNSYM_MIN_WORK`` of the generated kernels: the fewest elements per thread a kernel starts
+    a thread for. A test meant to run 2 threads needs an input of at least twice as many."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "generated",
+                        "bnsym_forward_train.c")
+    with open(path, encoding="utf-8") as fh:
+        return int(re.search(r"#define BNSYM_MIN_WORK (\d+)", fh.read()).group(1))

@@ -284,3 +284,74 @@ def test_threads_sharing_inputs_do_not_interfere():
         oks = list(pool.map(lambda i: fwd(i) if i % 2 else bwd(i), range(48)))
     assert all(oks)
     assert _same_bits(x, x0)
+
+
+# A child under OMP_THREAD_LIMIT=1: every kernel asks for a team of 2 and gets 1.
+SMALL_TEAM_CHILD = r"""
+import sys
+import numpy as np
+import bnsym
+sys.path.insert(0, sys.argv[2])
+from test_concurrency import _team_calls
+bnsym.set_num_threads(2)
+np.savez(sys.argv[1], *[a for _, fn in _team_calls() for a in fn()])
+"""
+
+
+def _team_calls():
+    """Training forward + backward on one shape per threaded schedule: rows (2-D and
+    channels-last), short strips (with and without the lanes element pass), long strips; each
+    of at least 2 * BNSYM_MIN_WORK elements, so that 2 threads run."""
+    calls = []
+    for shape, cl in [((40000, 3), False), ((320, 4, 8, 8), True), ((128, 8, 8, 8), False),
+                      ((1024, 8, 3, 3), False), ((16, 4, 2000), False)]:
+        for dt in (np.float32, np.float64):
+            rng = np.random.default_rng(7)
+            vals = rng.standard_normal(shape) * 3 + 1
+            if cl:
+                perm = (0,) + tuple(range(2, len(shape))) + (1,)
+                x = np.ascontiguousarray(vals.transpose(perm).astype(dt)).transpose(np.argsort(perm))
+            else:
+                x = vals.astype(dt)
+            C = shape[1]
+            w = rng.uniform(0.5, 2, C).astype(dt)
+            b = rng.uniform(-1, 1, C).astype(dt)
+            dy = rng.standard_normal(shape).astype(dt)
+
+            def train(x=x, w=w, b=b, dy=dy, C=C, dt=dt):
+                rm, rv = np.zeros(C, dt), np.ones(C, dt)
+                y, sm, si = bnsym.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
+                g = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+                return (y, sm, si, rm, rv) + g
+
+            calls.append((f"{np.dtype(dt).name} {shape} cl={cl}", train))
+    return calls
+
+
+def test_team_smaller_than_asked_gives_the_one_thread_results(tmp_path):
+    """OpenMP may start fewer threads than a kernel asks for (OMP_THREAD_LIMIT, a nested
+    region): each thread then takes its share of a team of the size it got, and only the
+    partials of threads that ran are merged. Under OMP_THREAD_LIMIT=1 with 2 threads set, every
+    schedule gives bitwise the results of 1 thread (which the 1-thread tests check against the
+    reference)."""
+    build.load()
+    old = bnsym.get_num_threads()
+    try:
+        bnsym.set_num_threads(2)
+        two = [a for _, fn in _team_calls() for a in fn()]
+        bnsym.set_num_threads(1)
+        want = [a for _, fn in _team_calls() for a in fn()]
+    finally:
+        bnsym.set_num_threads(old)
+    # (2 threads merge in another order: some output differs in its last bits, else the check
+    # below could not tell a team of 1 from one of 2)
+    assert any(not _same_bits(a, b) for a, b in zip(two, want))
+    out = tmp_path / "team.npz"
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    proc = subprocess.run([sys.executable, "-c", SMALL_TEAM_CHILD, str(out), str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(out)
+    assert len(got.files) == len(want)
+    for k, w in enumerate(want):
+        assert _same_bits(got[f"arr_{k}"], w), f"output {k} differs from the 1-thread result"

@@ -272,10 +272,21 @@ def test_denormal_inputs(layout, dtype, training):
 
 # --------------------------------------------------------------------------- float64 large means
 
-# One shape per schedule: small (one block), channel groups of short strips over two blocks of
-# samples, long strips, rows over two blocks, channels-last rows over two blocks.
-SCHEDULES = [((4, 8), "ncs"), ((64, 8, 8, 8), "ncs"), ((8, 4, 2000), "ncs"), ((20000, 3), "ncs"),
-             ((160, 4, 8, 8), "nsc")]
+# One shape per schedule: small (one block, one thread), channel groups of short strips over two
+# blocks of samples per thread, long strips, rows over two blocks per thread, channels-last rows
+# over two blocks per thread. All but the small one are large enough for 2 threads to run
+# (test_schedules_are_threaded).
+SCHEDULES = [((4, 8), "ncs"), ((128, 8, 8, 8), "ncs"), ((16, 4, 2000), "ncs"), ((40000, 3), "ncs"),
+             ((320, 4, 8, 8), "nsc")]
+# very short strips, whose element pass runs over a channel group's lanes
+WIDE_EXTRA = [((1024, 8, 3, 3), "ncs")]
+
+
+def test_schedules_are_threaded(min_work):
+    """The "2t" cases below run 2 threads: every shape but the small one has at least 2 *
+    BNSYM_MIN_WORK elements (a kernel starts no more threads than that allows)."""
+    for shape, _ in SCHEDULES[1:] + WIDE_EXTRA:
+        assert int(np.prod(shape)) >= 2 * min_work, shape
 
 
 @pytest.fixture(params=[1, 2], ids=["1t", "2t"])
@@ -600,7 +611,7 @@ def test_empty_input(dtype, shape):
     np.testing.assert_array_equal(gb, np.zeros(3, dtype))
 
 
-@pytest.mark.parametrize("shape,layout", SCHEDULES + [((256, 8, 3, 3), "ncs")])
+@pytest.mark.parametrize("shape,layout", SCHEDULES + WIDE_EXTRA)
 @pytest.mark.parametrize("training", [True, False])
 def test_float32_coefficient_below_float_range(threads, shape, layout, training):
     """float32, channel 1 with gamma = 1e-30 and a spread of 1e25 (training; a running variance of
