@@ -360,7 +360,10 @@ def shapes():
     m2 = st.sampled_from([(2, 1, []), (2, 3, []), (1, 1, [2]), (1, 4, [2, 1]), (2, 5, [1, 1, 1]),
                           (1, 2, [1, 2, 1])])
     big = st.sampled_from([(4, 5, [33, 31]), (2, 70, [130]), (3, 2, [1000]), (64, 19, [])])
-    return st.one_of(small, small, odd, m2, big).map(lambda t: (t[0], t[1]) + tuple(t[2]))
+    # at least 2 * BNSYM_MIN_WORK (32768) values, so that 2 and 3 threads run: short strips,
+    # rows (2-D, or channels-last), long strips
+    threaded = st.sampled_from([(128, 8, [8, 8]), (1100, 64, []), (5, 3, [4400])])
+    return st.one_of(small, small, odd, m2, big, threaded).map(lambda t: (t[0], t[1]) + tuple(t[2]))
 
 
 def specials():
