@@ -9,9 +9,9 @@ Every generated call (shapes 2-D to 5-D with m = 2, C = 1, odd sizes; C-contiguo
 channels-last, Fortran, strided, negative-stride and zero-stride inputs; float32/float64 and
 invalid dtypes; training/evaluation; affine or not; running statistics or not; momentum
 incl. None; output masks; out= arrays incl. in place; NaN, inf, huge, tiny, denormal,
-constant, offset values; 1-3 threads, with shapes large enough for 2 and 3 to run) must either match an independent long-double NumPy
-reference within the dtype's tolerance or raise TypeError/ValueError leaving every argument
-bit-for-bit unchanged; the C and NumPy backends must agree on raising.
+constant, offset values; 1-3 threads, with shapes large enough for 2 and 3 to run) must either
+match an independent long-double NumPy reference within the dtype's tolerance or raise
+TypeError/ValueError leaving every argument bit-for-bit unchanged; the C and NumPy backends must agree on raising.
 
 Cases: ``BNSYM_FUZZ_EXAMPLES`` (default 1500) per functional target, half that for the layer
 target; ``BNSYM_FUZZ_SEED`` (default 0) picks another fixed sequence. Run with ``-s`` to see
