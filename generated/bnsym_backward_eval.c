@@ -122,8 +122,11 @@
 #define BNSYM_GROUP 8
 /* Minimum lanes of the rows (nsc) element pass: U rows of C values side by side. */
 #define BNSYM_ROW_LANES 64
-/* Minimum number of elements per thread worth starting a thread for. */
+/* Minimum number of elements per thread worth starting a thread for (tests set 1: every call
+ * then runs all its threads, some of them with no rows or units). */
+#ifndef BNSYM_MIN_WORK
 #define BNSYM_MIN_WORK 32768
+#endif
 
 /* Non-temporal ("streaming") stores: a call whose element pass reads and writes at least
  * BNSYM_STREAM_BYTES (default: twice BNSYM_CACHE_BYTES, about the last-level cache) writes its

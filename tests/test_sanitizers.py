@@ -36,16 +36,18 @@ CONFIGS = {
     "O1": ["-O1"],
     "O3-native-openmp": ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
                          "-fopenmp"],
-    # every contiguous input takes the channel-block schedule (normally only those over 16 MiB)
+    # every contiguous input takes the channel-block schedule (normally only those over 16 MiB);
+    # in this and the two below, every call runs all its threads (BNSYM_MIN_WORK=1: normally
+    # an input needs 32768 values per thread), some of them with no rows or units
     "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
-                                 "-DBNSYM_CACHE_BYTES=0"],
+                                 "-DBNSYM_CACHE_BYTES=0", "-DBNSYM_MIN_WORK=1"],
     # small inputs take the lane schedules too (normally they are summed strip by strip as one
     # block)
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
-                           "-DBNSYM_SMALL_VALUES=0"],
+                           "-DBNSYM_SMALL_VALUES=0", "-DBNSYM_MIN_WORK=1"],
     # every call streams its outputs (normally only those reading and writing 32 MiB or more)
     "O3-native-openmp-stream": ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-                                "-fopenmp", "-DBNSYM_STREAM_BYTES=0"],
+                                "-fopenmp", "-DBNSYM_STREAM_BYTES=0", "-DBNSYM_MIN_WORK=1"],
     # every input (one thread: no OpenMP) takes the small-input schedule
     "O3-all-small": ["-O3", "-fno-math-errno", "-fno-trapping-math",
                      "-DBNSYM_SMALL_VALUES=100000000", "-DBNSYM_SMALL_SAMPLES=100000000",

@@ -7,7 +7,8 @@ extensions on x86-64 with AVX). Two checks:
 - ``tests/c/stream_outputs.c`` built twice from ``generated/``, with ``-DBNSYM_NO_STREAM`` and
   with ``-DBNSYM_STREAM_BYTES=0`` (every call streams), prints digests of every output of every
   kernel for odd shapes of every schedule, outputs at each alignment, in place or not, 1 and 3
-  threads: the two must print the same lines (streaming changes no bit).
+  threads (``-DBNSYM_MIN_WORK=1``: even small shapes run them): the two must print the same
+  lines (streaming changes no bit).
 - Through the Python API (the production build), inputs large enough to stream match the
   float64 reference (:mod:`bnsym.reference`), both layouts, outputs in place too.
 """
@@ -27,7 +28,9 @@ from bnsym import reference as R
 ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT / "generated"
 PROGRAM = ROOT / "tests" / "c" / "stream_outputs.c"
-FLAGS = ["-std=c99", "-O2", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+# BNSYM_MIN_WORK=1: the 3-thread calls run 3 threads (or one per row or unit), whatever the shape
+FLAGS = ["-std=c99", "-O2", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+         "-DBNSYM_MIN_WORK=1"]
 
 
 def _build_and_run(cc, tmp_path, name, define) -> list[str]:
