@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -189,6 +190,30 @@ def test_corrupted_entry_is_rebuilt(raced_cache, tmp_path, damage):
 # --------------------------------------------------------------------------- threads
 
 
+def _arrays(rng, shape, cl, dt, scale, loc):
+    """Input (C-contiguous, or channels-last when ``cl``), weight, bias and grad_output of
+    ``shape``, drawn from ``rng`` in that order."""
+    vals = rng.standard_normal(shape) * scale + loc
+    if cl:
+        perm = (0,) + tuple(range(2, len(shape))) + (1,)
+        x = np.ascontiguousarray(vals.transpose(perm).astype(dt)).transpose(np.argsort(perm))
+    else:
+        x = vals.astype(dt)
+    C = shape[1]
+    w = rng.uniform(0.5, 2, C).astype(dt)
+    b = rng.uniform(-1, 1, C).astype(dt)
+    dy = rng.standard_normal(shape).astype(dt)
+    return x, w, b, dy
+
+
+def _train(x, w, b, dy, rm0, rv0):
+    """A training forward (updating copies of the running statistics) and its backward."""
+    rm, rv = rm0.copy(), rv0.copy()
+    y, sm, si = bnsym.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
+    g = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+    return (y, sm, si, rm, rv) + g
+
+
 def _calls():
     """A list of deterministic calls: (name, callable returning a tuple of arrays)."""
     out = []
@@ -196,31 +221,17 @@ def _calls():
     for dt in (np.float32, np.float64):
         for shape, cl in (((16, 8, 24, 24), False), ((16, 8, 24, 24), True), ((256, 64), False),
                           ((3, 5, 1000), False), ((2, 130, 9), True)):
-            vals = rng.standard_normal(shape) * 2 + 1
-            if cl:
-                nd = len(shape)
-                perm = (0,) + tuple(range(2, nd)) + (1,)
-                x = np.ascontiguousarray(vals.transpose(perm).astype(dt)).transpose(np.argsort(perm))
-            else:
-                x = vals.astype(dt)
+            x, w, b, dy = _arrays(rng, shape, cl, dt, 2, 1)
             C = shape[1]
-            w = rng.uniform(0.5, 2, C).astype(dt)
-            b = rng.uniform(-1, 1, C).astype(dt)
-            dy = rng.standard_normal(shape).astype(dt)
             rm0, rv0 = rng.uniform(-1, 1, C).astype(dt), rng.uniform(0.5, 2, C).astype(dt)
-
-            def train(x=x, w=w, b=b, dy=dy, rm0=rm0, rv0=rv0):
-                rm, rv = rm0.copy(), rv0.copy()
-                y, sm, si = bnsym.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
-                g = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
-                return (y, sm, si, rm, rv) + g
 
             def evaluate(x=x, w=w, b=b, dy=dy, rm0=rm0, rv0=rv0):
                 y = bnsym.batch_norm(x, rm0, rv0, w, b, training=False)
                 g = bnsym.batch_norm_backward(dy, x, w, rm0, rv0, None, None, False, 1e-5)
                 return (y,) + g
 
-            out.append((f"train {np.dtype(dt).name} {shape} cl={cl}", train))
+            out.append((f"train {np.dtype(dt).name} {shape} cl={cl}",
+                        functools.partial(_train, x, w, b, dy, rm0, rv0)))
             out.append((f"eval {np.dtype(dt).name} {shape} cl={cl}", evaluate))
     return out
 
@@ -306,25 +317,10 @@ def _team_calls():
     for shape, cl in [((40000, 3), False), ((320, 4, 8, 8), True), ((128, 8, 8, 8), False),
                       ((1024, 8, 3, 3), False), ((16, 4, 2000), False)]:
         for dt in (np.float32, np.float64):
-            rng = np.random.default_rng(7)
-            vals = rng.standard_normal(shape) * 3 + 1
-            if cl:
-                perm = (0,) + tuple(range(2, len(shape))) + (1,)
-                x = np.ascontiguousarray(vals.transpose(perm).astype(dt)).transpose(np.argsort(perm))
-            else:
-                x = vals.astype(dt)
+            x, w, b, dy = _arrays(np.random.default_rng(7), shape, cl, dt, 3, 1)
             C = shape[1]
-            w = rng.uniform(0.5, 2, C).astype(dt)
-            b = rng.uniform(-1, 1, C).astype(dt)
-            dy = rng.standard_normal(shape).astype(dt)
-
-            def train(x=x, w=w, b=b, dy=dy, C=C, dt=dt):
-                rm, rv = np.zeros(C, dt), np.ones(C, dt)
-                y, sm, si = bnsym.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
-                g = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
-                return (y, sm, si, rm, rv) + g
-
-            calls.append((f"{np.dtype(dt).name} {shape} cl={cl}", train))
+            calls.append((f"{np.dtype(dt).name} {shape} cl={cl}",
+                          functools.partial(_train, x, w, b, dy, np.zeros(C, dt), np.ones(C, dt))))
     return calls
 
 
