@@ -1447,7 +1447,6 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
     bnsym_backward_eval_f32_state *st = p->st;
     bnsym_backward_eval_f32_scratch *sc = p->sc;
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
-    int wide; /* the element pass runs in double (bnsym_backward_eval_f32_needs_wide) */
     int64_t u;
     if (need_red)
         bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
@@ -1491,9 +1490,11 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
         bnsym_backward_eval_f32_merge_channels(a, st, tid, nthr);
         BNSYM_BARRIER(nthr);
     }
-    wide = bnsym_backward_eval_f32_needs_wide(a);
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        /* some channel's element pass runs in double (every flag is set: after the barrier, or
+         * before the team; channel blocks read only their own flags) */
+        const int wide = bnsym_backward_eval_f32_needs_wide(a);
         for (u = e0; u < e1; ++u) {
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;

@@ -656,11 +656,12 @@ static void bnsym_forward_eval_f32_ncs_part(const bnsym_forward_eval_f32_ncs_job
     const int64_t N = a->N, C = a->C, S = a->S;
     const int64_t ng = p->ng, Cg = p->Cg, nsb = p->nsb, sb = p->sb;
     const int grouped = p->grouped, need_elem = p->need_elem, cmaj = p->cmaj;
-    int wide; /* the element pass runs in double (bnsym_forward_eval_f32_needs_wide) */
     int64_t u;
-    wide = bnsym_forward_eval_f32_needs_wide(a);
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        /* some channel's element pass runs in double (every flag is set: after the barrier, or
+         * before the team; channel blocks read only their own flags) */
+        const int wide = bnsym_forward_eval_f32_needs_wide(a);
         for (u = e0; u < e1; ++u) {
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
