@@ -133,6 +133,32 @@ def test_changed_source_gets_a_new_module(tmp_path, cache):
     assert len(list(cache.glob("_bnsym_k_*" + build._EXT_SUFFIX))) == 2
 
 
+def test_native_build_is_keyed_by_cpu(tmp_path, monkeypatch):
+    """A ``-march=native`` build never serves another CPU: the CPU is in the key. Without native
+    flags (``BNSYM_NO_NATIVE``) the build gets another key too."""
+    import platform
+
+    from bnsym import compiler
+
+    src = _write_sources(tmp_path / "src")
+    monkeypatch.delenv("BNSYM_NO_NATIVE", raising=False)
+    monkeypatch.setattr(build, "_key_memo", {})
+    key, info = build.cache_key(src)
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
+        assert "-march=native" in info["cflags"]
+    assert info["cpu_key"] == compiler.cpu_key()
+    monkeypatch.setattr(compiler, "cpu_key", lambda: "another-cpu")
+    monkeypatch.setattr(build, "_key_memo", {})
+    key_other_cpu, info_other = build.cache_key(src)
+    assert info_other["cpu_key"] == "another-cpu" and key_other_cpu != key
+    monkeypatch.undo()
+    monkeypatch.setenv("BNSYM_NO_NATIVE", "1")
+    monkeypatch.setattr(build, "_key_memo", {})
+    key_portable, info_portable = build.cache_key(src)
+    assert not any(f.startswith("-march") for f in info_portable["cflags"])
+    assert key_portable != key
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "no_manifest", "bad_manifest"])
 def test_corrupt_entry_is_rebuilt(damage, tmp_path, cache):
     src = _write_sources(tmp_path / "src")
