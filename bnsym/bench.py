@@ -45,7 +45,10 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   are printed below it and kept in the JSON (``retimed``).
 * The tiny call (4x8 float32, training) is also timed bare: its kernel called through cffi with its
   buffers and no checks (:func:`bare_tiny_call`), the least a call through NumPy and cffi costs;
-  ``batch_norm`` minus that is the Python layer's share.
+  ``batch_norm`` minus that is the Python layer's share. bnsym's call, the bare call and torch's
+  are timed in turn in one loop, 100 calls of one, then 100 of the next (:func:`time_interleaved`,
+  about 1 s in all), and their medians are compared: each runs warm, as in a loop of such calls,
+  and all of them see the same phases of the host.
 
 The sweep (on by default, ``--no-sweep`` to skip, ``--sweep`` to add it to ``--quick``) times one
 layout (NCHW, (2, 32, H, W)) and dtype at one thread for sizes from 4 KiB to 256 MiB per tensor, and
@@ -359,35 +362,60 @@ def measure(fn, cfg: BenchConfig, *, max_samples: int | None = None) -> dict:
     }
 
 
-def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_calls=3, warm_time=0.05):
-    """Samples of ``fa()`` and ``fb()`` taken call by call in one loop, in the order A B B A
-    (repeated), so that both see the same machine state: (times of a, times of b), seconds.
+def time_interleaved(fns, *, min_samples=25, min_time=0.3, max_samples=2000, warm_calls=3,
+                     warm_time=0.05, batch=1):
+    """Samples of each function of ``fns`` taken in turn in one loop, in the order A B C, C B A
+    (repeated), so that all of them see the same machine state: a list of the times of each, in
+    seconds per call.
 
-    Warm-up: ``fa(); fb()`` at least ``warm_calls`` times and ``warm_time`` s; then at least
-    ``min_samples`` of each and ``min_time`` s in all, at most ``max_samples`` of each. GC off.
+    ``batch``: calls per sample, back to back (the sample is their mean), so that a call of a few
+    microseconds is timed warm, as in a loop of such calls, and still alternates with the others
+    every few hundred microseconds. Warm-up: each function at least ``warm_calls`` samples and
+    ``warm_time`` s; then at least ``min_samples`` of each and ``min_time`` s in all, at most
+    ``max_samples`` of each. GC off.
     """
+    fns = list(fns)
     perf = time.perf_counter
     was = gc.isenabled()
     gc.disable()
     try:
         t0 = perf()
         n = 0
+        reps = range(batch)
         while n < warm_calls or perf() - t0 < warm_time:
-            fa()
-            fb()
+            for f in fns:
+                for _ in reps:
+                    f()
             n += 1
-        ta, tb = [], []
+        times = [[] for _ in fns]
+        forward = list(zip(fns, times))
+        backward = forward[::-1]
+        first = times[0]
         t0 = perf()
         while True:
-            for f, t in (((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta))):
-                s = perf()
-                f()
-                t.append(perf() - s)
-            if len(ta) >= max_samples or (len(ta) >= min_samples and perf() - t0 >= min_time):
-                return ta, tb
+            for f, t in (forward if len(first) % 2 == 0 else backward):
+                if batch == 1:
+                    s = perf()
+                    f()
+                    t.append(perf() - s)
+                else:
+                    s = perf()
+                    for _ in reps:
+                        f()
+                    t.append((perf() - s) / batch)
+            if len(first) >= max_samples or (len(first) >= min_samples and perf() - t0 >= min_time):
+                return times
     finally:
         if was:
             gc.enable()
+
+
+def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_calls=3, warm_time=0.05):
+    """:func:`time_interleaved` of two functions, in the order A B B A (repeated): (times of a,
+    times of b), seconds."""
+    ta, tb = time_interleaved((fa, fb), min_samples=min_samples, min_time=min_time,
+                              max_samples=max_samples, warm_calls=warm_calls, warm_time=warm_time)
+    return ta, tb
 
 
 def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
@@ -1024,6 +1052,13 @@ def _run_sweep(cfg, report, api, torch, floor, have, progress):
 # fixed costs: tiny call, import, compile
 
 
+# the tiny call's interleaved timing: cfg.min_time times this in all, samples of this many calls
+# back to back (about 0.5-1 ms), at most this many samples of each
+TINY_TIME_FACTOR = 3
+TINY_BATCH = 100
+TINY_MAX_SAMPLES = 5000
+
+
 def bare_tiny_call(api, x, w, b):
     """The tiny call's kernel (training forward, float32, contiguous) called through cffi with its
     buffers and nothing else: a fresh output, ``ffi.from_buffer`` of the six arrays and the call, at
@@ -1055,7 +1090,6 @@ def bare_tiny_call(api, x, w, b):
 
 def _run_overheads(cfg, api, torch, have) -> dict:
     out = {}
-    tiny_cfg = BenchConfig(**{**cfg.__dict__, "max_samples": max(cfg.max_samples, 2000)})
     rng = np.random.default_rng(cfg.seed)
     n, c = TINY_SHAPE
     x = rng.standard_normal(TINY_SHAPE).astype(np.float32)
@@ -1077,15 +1111,20 @@ def _run_overheads(cfg, api, torch, have) -> dict:
         xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
         rmt, rvt = torch.zeros(c), torch.ones(c)
         fns["torch"] = lambda: F.batch_norm(xt, rmt, rvt, wt, bt, True, MOMENTUM, EPS)
-    # alternate the two, a few rounds, and keep the smallest median of each (shared machine)
+    # all of them call by call in one loop (A B C C B A ...), so that each sees the same machine
+    # states: the host's slow phases last longer than a few thousand calls of one function, which
+    # could otherwise fall on one of them and not the other
     import contextlib  # noqa: PLC0415
 
-    with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
-        for _round in range(1 if cfg.quick else 3):
-            for name, fn in fns.items():
-                med = measure(fn, tiny_cfg)["median"]
-                key = f"tiny_{name}_s"
-                out[key] = min(out.get(key, math.inf), med)
+    if fns:
+        with (torch.no_grad() if torch is not None else contextlib.nullcontext()):
+            times = time_interleaved(
+                fns.values(), min_samples=cfg.min_samples,
+                min_time=cfg.min_time * (1 if cfg.quick else TINY_TIME_FACTOR),
+                max_samples=TINY_MAX_SAMPLES, warm_calls=cfg.warm_calls, warm_time=cfg.warm_time,
+                batch=TINY_BATCH)
+        for name, t in zip(fns, times):
+            out[f"tiny_{name}_s"] = float(np.median(t))
     if have["bnsym"]:
         out["import"] = measure_import_time(runs=2 if cfg.quick else 5)
     return out
