@@ -317,8 +317,8 @@ def test_time_interleaved_takes_turns_in_batches():
     # 2 ms, not 6 ms, and the fast function stays far below it
     slow, fast = bench.time_interleaved([lambda: time.sleep(0.002), lambda: None], min_samples=3,
                                         min_time=0.0, warm_calls=1, warm_time=0.0, batch=3)
-    assert all(0.0019 < t < 0.0045 for t in slow)
-    assert max(fast) < 0.0005
+    assert min(slow) > 0.0019 and sorted(slow)[1] < 0.0045  # the median of 3: a late wake-up
+    assert sorted(fast)[1] < 0.0005                          # of sleep() moves one sample only
 
 
 def test_slower_cells_are_timed_again_call_by_call(tmp_path, capsys, fake_api):
