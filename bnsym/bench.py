@@ -1111,9 +1111,9 @@ def _run_overheads(cfg, api, torch, have) -> dict:
         xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
         rmt, rvt = torch.zeros(c), torch.ones(c)
         fns["torch"] = lambda: F.batch_norm(xt, rmt, rvt, wt, bt, True, MOMENTUM, EPS)
-    # all of them call by call in one loop (A B C C B A ...), so that each sees the same machine
-    # states: the host's slow phases last longer than a few thousand calls of one function, which
-    # could otherwise fall on one of them and not the other
+    # all of them in turn in one loop, a batch of calls of each (A B C C B A ...), so that each
+    # sees the same machine states: the host's slow phases last longer than a few thousand calls
+    # of one function, which could otherwise fall on one of them and not the others
     import contextlib  # noqa: PLC0415
 
     if fns:
