@@ -42,7 +42,10 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
 * Cells where bnsym's time is above torch's are timed again with bnsym and torch alternating call
   by call in one loop (A B B A, :func:`measure_pair`), so that both see the same machine state; the
   table keeps its numbers (the "never slower" target is judged on them), and the re-timed ratios
-  are printed below it and kept in the JSON (``retimed``).
+  are printed below it and kept in the JSON (``retimed``). Likewise, 1-thread cells whose
+  bnsym/floor ratio is above the pass's floor target are timed again with bnsym and the floor
+  alternating (``retimed_floor``): the floor targets are judged on the table too, and the
+  re-timing tells a miss of the kernel from a slow phase of the host that fell on bnsym's window.
 * The tiny call (4x8 float32, training) is also timed bare: its kernel called through cffi with its
   buffers and no checks (:func:`bare_tiny_call`), the least a call through NumPy and cffi costs;
   ``batch_norm`` minus that is the Python layer's share. bnsym's call, the bare call and torch's
@@ -105,6 +108,8 @@ TARGETS = {
     "import_s": 0.150,
     "compile_s": 30.0,
 }
+# the floor target of each pass (1 thread: bnsym/floor at most TARGETS[...])
+FLOOR_TARGET = {"fwd": "floor_fwd", "bwd": "floor_bwd", "infer": "floor_infer"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -891,6 +896,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
 
     results = {}  # (threads, pass, impl) -> list of measurement dicts
     retimed = {}  # (threads, pass) -> bnsym and torch timed call by call (cells bnsym lost)
+    retimed_floor = {}  # (1, pass) -> bnsym and the floor timed call by call (floor target missed)
     waited = wait_quiet(cfg.wait_quiet)
     for t in cfg.threads:
         _set_threads(t, api, torch, have["bnsym"])
@@ -937,6 +943,22 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                         "ratio_min": pair["ratio_min"],
                     }
                     progress.step()
+        # A 1-thread cell above its floor target: bnsym and the floor again, call by call.
+        mf = results.get((t, "floor", "floor"))
+        if t == 1 and "bnsym" in fns and mf:
+            for p in cfg.passes:
+                mb = results.get((t, p, "bnsym"))
+                r = _ratio(min(m["median"] for m in mb), min(m["median"] for m in mf)) if mb else None
+                if r is not None and r > TARGETS[FLOOR_TARGET[p]]:
+                    progress.add(1)
+                    pair = measure_pair(fns["bnsym"][p], floor_fn, cfg)
+                    retimed_floor[(t, p)] = {
+                        "bnsym_median": pair["a_median"], "floor_median": pair["b_median"],
+                        "bnsym_min": pair["a_min"], "floor_min": pair["b_min"],
+                        "samples": pair["samples"], "ratio_median": pair["ratio_median"],
+                        "ratio_min": pair["ratio_min"],
+                    }
+                    progress.step()
 
     numpy_threads = cfg.threads[0] if cfg.threads else 1
     for t in cfg.threads:
@@ -970,6 +992,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                     "measured_threads": key[0],
                 }
             row["retimed"] = retimed.get((t, p))
+            row["retimed_floor"] = retimed_floor.get((t, p))
             row["waited_s"] = waited
             row["contended"] = any(v.get("all_contended") for k, v in row["details"].items() if k != "numpy")
             _add_ratios(row)
@@ -1246,13 +1269,23 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
         add(key, f"geomean speed-up over torch, {PASS_LABEL[p]} >= {TARGETS[key]}x", g, TARGETS[key],
             None if g is None else g >= TARGETS[key], f"{geo[p]['n']} cells")
     t1 = min(cfg.threads) if cfg.threads else 1
-    for p, key in (("fwd", "floor_fwd"), ("bwd", "floor_bwd"), ("infer", "floor_infer")):
+    for p, key in FLOOR_TARGET.items():
         vals = [(r["bnsym_over_floor"], r) for r in rows
                 if r["pass"] == p and r["threads"] == 1 and r["bnsym_over_floor"] is not None]
         if vals and t1 == 1:
             worst, wr = max(vals, key=lambda t: t[0])
+            above = sum(1 for v, _ in vals if v > TARGETS[key])
+            detail = f"worst {_row_label(wr)}; {above} of {len(vals)} cells above"
+            again = [(r["retimed_floor"]["ratio_median"], r) for _, r in vals
+                     if r.get("retimed_floor") and r["retimed_floor"].get("ratio_median") is not None]
+            if again:
+                still = [(v, r) for v, r in again if v > TARGETS[key]]
+                detail += f"; re-timed call by call with the floor: {len(still)} of {len(again)} still above"
+                if still:
+                    v, r = max(still, key=lambda t: t[0])
+                    detail += f", worst {v:.2f} ({_row_label(r)})"
             add(key, f"1 thread: bnsym/floor {PASS_LABEL[p]} <= {TARGETS[key]}", worst, TARGETS[key],
-                worst <= TARGETS[key], f"worst {_row_label(wr)}")
+                worst <= TARGETS[key], detail)
         else:
             add(key, f"1 thread: bnsym/floor {PASS_LABEL[p]} <= {TARGETS[key]}", None, TARGETS[key], None,
                 "needs bnsym and the floor at 1 thread")
@@ -1347,6 +1380,18 @@ def format_report(report: dict) -> str:
             rt = r["retimed"]
             table.append((_row_label(r), fmt_us(rt["bnsym_median"]), fmt_us(rt["torch_median"]),
                           fmt_ratio(rt["ratio_median"]), fmt_ratio(rt["ratio_min"]), str(rt["samples"])))
+        lines.extend("  " + ln for ln in _align(table, left=1))
+    again = [r for r in report["rows"] if r.get("retimed_floor")]
+    if again:
+        lines.append("")
+        lines.append("1-thread cells above their floor target, timed again call by call (bnsym and the "
+                     "floor alternating in one loop, A B B A):")
+        table = [("cell", "bnsym us", "floor us", "bnsym/floor", "of the minima", "target", "samples")]
+        for r in again:
+            rt = r["retimed_floor"]
+            table.append((_row_label(r), fmt_us(rt["bnsym_median"]), fmt_us(rt["floor_median"]),
+                          fmt_ratio(rt["ratio_median"]), fmt_ratio(rt["ratio_min"]),
+                          fmt_ratio(TARGETS[FLOOR_TARGET[r["pass"]]]), str(rt["samples"])))
         lines.extend("  " + ln for ln in _align(table, left=1))
     summ = report.get("summary", {})
     geo = summ.get("geomean_speedup_vs_torch", {})
