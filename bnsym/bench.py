@@ -51,7 +51,10 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   ``batch_norm`` minus that is the Python layer's share. bnsym's call, the bare call and torch's
   are timed in turn in one loop, 100 calls of one, then 100 of the next (:func:`time_interleaved`,
   about 1 s in all), and their medians are compared: each runs warm, as in a loop of such calls,
-  and all of them see the same phases of the host.
+  and all of them see the same phases of the host. This is done in three windows (before the
+  cases, after them and at the end; one with ``--quick``), and the tiny target is judged on the
+  window with the highest bnsym/torch ratio: a slow phase of the host slows torch's call more
+  than bnsym's, so one window could pass there what a quiet phase misses.
 
 The sweep (on by default, ``--no-sweep`` to skip, ``--sweep`` to add it to ``--quick``) times one
 layout (NCHW, (2, 32, H, W)) and dtype at one thread for sizes from 4 KiB to 256 MiB per tensor, and
@@ -769,19 +772,26 @@ def run(cfg: BenchConfig, log=None) -> dict:
                 total += len(cfg.passes) * have["numpy"]
     n_sweep = len(sweep_sizes(cfg)) if cfg.sweep else 0
     total += n_sweep * (len(cfg.passes) * (have["bnsym"] + have["torch"]) + have["floor"])
+    # the tiny call is timed in three windows (before the cases, after them, at the end) unless
+    # --quick: see _run_overheads
+    tiny_windows = []
+    if cfg.overheads and not cfg.quick:
+        tiny_windows.append(_tiny_window(cfg, api, torch, have))
     progress = _Progress(total, cfg.progress)
     try:
         for i, (shape, dt, lay) in enumerate(configs):
             progress.desc(f"{case_name(shape)} {DTYPE_SHORT[dt]} {LAYOUT_LABEL[lay]}")
             _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed=cfg.seed + i,
                         progress=progress)
+        if cfg.overheads and not cfg.quick:
+            tiny_windows.append(_tiny_window(cfg, api, torch, have))
         if cfg.sweep:
             _run_sweep(cfg, report, api, torch, floor, have, progress)
     finally:
         progress.close()
         _set_threads(cfg.threads[0] if cfg.threads else 1, api, torch, have["bnsym"])
     if cfg.overheads:
-        report["overheads"].update(_run_overheads(cfg, api, torch, have))
+        report["overheads"].update(_run_overheads(cfg, api, torch, have, tiny_windows))
     if cfg.compile_check and api is not None:
         report["overheads"]["compile"] = measure_compile_time()
     elif cfg.compile_check:
@@ -1111,7 +1121,8 @@ def bare_tiny_call(api, x, w, b):
     return call
 
 
-def _run_overheads(cfg, api, torch, have) -> dict:
+def _tiny_window(cfg, api, torch, have) -> dict:
+    """One window of the tiny call: bnsym's, the bare one and torch's, in turn (medians, s)."""
     out = {}
     rng = np.random.default_rng(cfg.seed)
     n, c = TINY_SHAPE
@@ -1148,6 +1159,27 @@ def _run_overheads(cfg, api, torch, have) -> dict:
                 batch=TINY_BATCH)
         for name, t in zip(fns, times):
             out[f"tiny_{name}_s"] = float(np.median(t))
+    return out
+
+
+def _tiny_ratio(w: dict):
+    return _ratio(w.get("tiny_bnsym_s"), w.get("tiny_torch_s"))
+
+
+def _run_overheads(cfg, api, torch, have, windows=()) -> dict:
+    """The tiny call's last window (and the earlier ``windows``), then the import time.
+
+    The tiny target is judged on the window whose bnsym/torch ratio is the highest: the host's
+    slow phases slow torch's call more than bnsym's (the ratio drops then), so a single window
+    could pass in a slow phase what is a miss in a quiet one. Its medians are the ``tiny_*_s``
+    keys; every window is kept in ``tiny_windows``.
+    """
+    out = {}
+    wins = [w for w in (*windows, _tiny_window(cfg, api, torch, have)) if w]
+    if wins:
+        judged = max(wins, key=lambda w: _tiny_ratio(w) or 0.0)
+        out.update(judged)
+        out["tiny_windows"] = wins
     if have["bnsym"]:
         out["import"] = measure_import_time(runs=2 if cfg.quick else 5)
     return out
@@ -1295,6 +1327,9 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
     add("tiny", f"tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} batch_norm(training) <= {TARGETS['tiny']}x torch F.batch_norm",
         r, TARGETS["tiny"], None if r is None else r <= TARGETS["tiny"],
         "" if r is None else f"bnsym {tb * 1e6:.2f} us, torch {tt * 1e6:.2f} us"
+        + ("" if len(oh.get("tiny_windows", ())) < 2 else
+           f", the highest of {len(oh['tiny_windows'])} windows' ratios "
+           f"({', '.join(fmt_ratio(_tiny_ratio(w)) for w in oh['tiny_windows'])})")
         + ("" if oh.get("tiny_bnsym_bare_s") is None else
            f"; the bare kernel call {oh['tiny_bnsym_bare_s'] * 1e6:.2f} us, "
            f"{oh['tiny_bnsym_bare_s'] / tt:.2f}x torch"))
@@ -1423,6 +1458,12 @@ def format_report(report: dict) -> str:
                          + (f" (its kernel called through cffi with its buffers, no checks: "
                             f"{fmt_us(bare)} us)" if bare is not None else "")
                          + f", torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
+            wins = oh.get("tiny_windows", ())
+            if len(wins) > 1:
+                lines.append("    windows (before the cases, after them, at the end; the highest ratio is "
+                             "judged): " + "; ".join(
+                                 f"{fmt_us(w.get('tiny_bnsym_s'))} / {fmt_us(w.get('tiny_torch_s'))} us "
+                                 f"= {fmt_ratio(_tiny_ratio(w))}" for w in wins))
         imp = oh.get("import")
         if imp and "error" not in imp:
             lines.append(f"  fresh interpreter (median of {imp['runs']}, cached module): import numpy "

@@ -376,6 +376,36 @@ def test_cells_above_their_floor_target_are_timed_again_call_by_call(tmp_path, c
             assert f"re-timed call by call with the floor: {still} of {len(mine)} still above" in target["detail"]
 
 
+def test_tiny_target_is_judged_on_its_least_favourable_window(monkeypatch, tmp_path, capsys, fake_api):
+    """Three windows of the tiny call (before the cases, after them, at the end): the target takes
+    the one with the highest bnsym/torch ratio, and every window is kept and printed."""
+    earlier = [{"tiny_bnsym_s": 4e-6, "tiny_torch_s": 10e-6},   # 0.40
+               {"tiny_bnsym_s": 5e-6, "tiny_torch_s": 9e-6}]    # 0.56: the judged one
+    last = {"tiny_bnsym_s": 8e-6, "tiny_bnsym_bare_s": 5e-6, "tiny_torch_s": 17e-6}  # 0.47
+    monkeypatch.setattr(bench, "_tiny_window", lambda *a: dict(last))
+    have = {"bnsym": True, "numpy": False, "torch": True, "floor": False}
+    cfg = bench.BenchConfig()
+    oh = bench._run_overheads(cfg, fake_api, None, have, earlier)
+    assert (oh["tiny_bnsym_s"], oh["tiny_torch_s"]) == (5e-6, 9e-6)
+    assert oh["tiny_windows"] == earlier + [last]
+    report = {"rows": [], "overheads": oh}
+    tiny = next(t for t in bench.summarize(report, cfg)["targets"] if t["name"] == "tiny")
+    assert tiny["value"] == pytest.approx(5 / 9) and tiny["status"] == "MISS"
+    assert "the highest of 3 windows' ratios (0.40, 0.56, 0.47)" in tiny["detail"]
+    # a full run (not --quick) times three windows and prints them
+    calls = []
+    monkeypatch.setattr(bench, "_tiny_window", lambda *a: calls.append(1) or dict(last))
+    args = [a for a in TINY_ARGS if a != "--quick"] + ["--dtypes", "float32", "--threads", "1",
+                                                      "--no-torch", "--no-numpy", "--no-sweep",
+                                                      "--no-compile-check", "--repeats-1t", "1"]
+    path = tmp_path / "b.json"
+    assert bench.main(args + ["--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 3
+    assert len(json.loads(path.read_text())["overheads"]["tiny_windows"]) == 3
+    assert "windows (before the cases, after them, at the end; the highest ratio is judged)" in out
+
+
 def test_bare_tiny_call_is_the_kernel_of_batch_norm():
     """The tiny call's bare kernel call computes what bnsym.batch_norm does (same kernel, bitwise);
     it is only measured for bnsym's own API."""
