@@ -944,15 +944,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
             for p in cfg.passes:
                 mb, mt = results.get((t, p, "bnsym")), results.get((t, p, "torch"))
                 if mb and mt and min(m["median"] for m in mb) > min(m["median"] for m in mt):
-                    progress.add(1)
-                    pair = measure_pair(fns["bnsym"][p], fns["torch"][p], cfg)
-                    retimed[(t, p)] = {
-                        "bnsym_median": pair["a_median"], "torch_median": pair["b_median"],
-                        "bnsym_min": pair["a_min"], "torch_min": pair["b_min"],
-                        "samples": pair["samples"], "ratio_median": pair["ratio_median"],
-                        "ratio_min": pair["ratio_min"],
-                    }
-                    progress.step()
+                    retimed[(t, p)] = _retime(fns["bnsym"][p], fns["torch"][p], "torch", cfg, progress)
         # A 1-thread cell above its floor target: bnsym and the floor again, call by call.
         mf = results.get((t, "floor", "floor"))
         if t == 1 and "bnsym" in fns and mf:
@@ -960,15 +952,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                 mb = results.get((t, p, "bnsym"))
                 r = _ratio(min(m["median"] for m in mb), min(m["median"] for m in mf)) if mb else None
                 if r is not None and r > TARGETS[FLOOR_TARGET[p]]:
-                    progress.add(1)
-                    pair = measure_pair(fns["bnsym"][p], floor_fn, cfg)
-                    retimed_floor[(t, p)] = {
-                        "bnsym_median": pair["a_median"], "floor_median": pair["b_median"],
-                        "bnsym_min": pair["a_min"], "floor_min": pair["b_min"],
-                        "samples": pair["samples"], "ratio_median": pair["ratio_median"],
-                        "ratio_min": pair["ratio_min"],
-                    }
-                    progress.step()
+                    retimed_floor[(t, p)] = _retime(fns["bnsym"][p], floor_fn, "floor", cfg, progress)
 
     numpy_threads = cfg.threads[0] if cfg.threads else 1
     for t in cfg.threads:
@@ -1007,6 +991,17 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
             row["contended"] = any(v.get("all_contended") for k, v in row["details"].items() if k != "numpy")
             _add_ratios(row)
             report["rows"].append(row)
+
+
+def _retime(bnsym_fn, other_fn, other: str, cfg, progress) -> dict:
+    """bnsym and ``other`` (torch, the floor) timed again call by call (:func:`measure_pair`):
+    medians and minima of each, the ratios bnsym/other, the samples."""
+    progress.add(1)
+    pair = measure_pair(bnsym_fn, other_fn, cfg)
+    progress.step()
+    return {"bnsym_median": pair["a_median"], f"{other}_median": pair["b_median"],
+            "bnsym_min": pair["a_min"], f"{other}_min": pair["b_min"], "samples": pair["samples"],
+            "ratio_median": pair["ratio_median"], "ratio_min": pair["ratio_min"]}
 
 
 def _ratio(a, b):
