@@ -73,7 +73,11 @@ def _cv(v, nd):
 
 
 def ref_stats(x64):
-    """Per-channel mean and biased variance, two passes in long double; plus max|x|."""
+    """Per-channel mean and biased variance, two passes in long double; plus max|x|.
+
+    The mean and the variance stay in long double: a caller that needs the mean in double also
+    gets its rounding to double, which is part of any double result's error (half an ulp; where
+    the mean is subnormal, no relative tolerance covers it)."""
     nd = x64.ndim
     xl = x64.astype(LD)
     m = x64.size // x64.shape[1]
@@ -81,7 +85,7 @@ def ref_stats(x64):
         mean = xl.sum(axis=_ax(nd)) / m
         var = np.square(xl - _cv(mean, nd)).sum(axis=_ax(nd)) / m
         mag = np.abs(x64).max(axis=_ax(nd))
-    return mean.astype(np.float64), var, mag  # var stays long double (may exceed double range)
+    return mean, var, mag  # long double (var may exceed double range)
 
 
 def invstd_torch(var, eps):
@@ -147,10 +151,15 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
     res = {}
     with np.errstate(all="ignore"):
         if training:
-            mean, varl, mag = ref_stats(x64)
+            meanl, varl, mag = ref_stats(x64)
+            mean = meanl.astype(np.float64)
             var = varl.astype(np.float64)
             invstd = invstd_torch(varl, eps)
-            dmean = 4 * m * U_ACC * mag  # summation error bound of the mean (double accumulation)
+            # summation error bound of the mean (double accumulation), plus the rounding of the
+            # exact mean to double: at most half an ulp, bounded by one ulp here (half an ulp of
+            # a subnormal is not a double), which only a subnormal mean notices (a tie may round
+            # either way)
+            dmean = 4 * m * U_ACC * mag + np.where(meanl != mean, np.spacing(np.abs(mean)), 0.0)
             dvar = 4 * m * U_ACC * var + 2 * dmean ** 2
             dinv = 0.5 * invstd ** 3 * dvar
             xmu = x64 - _cv(mean, nd)

@@ -270,6 +270,31 @@ def test_denormal_inputs(layout, dtype, training):
             check_backward(dy, x, w, rm, rv, False, what=what)
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_subnormal_mean_halfway_between_two_doubles(backend):
+    """A float64 channel of subnormals whose exact mean lies half-way between two doubles (found
+    by the fuzz, seed 2026): the batch mean is one of the two (half an ulp off, the best
+    possible), and the reference's check accepts that rounding and no more."""
+    u = 2.0 ** -1074  # the smallest subnormal: the spacing of every subnormal
+    a, b = 12748522678621, -12759796152020  # the values, in units of u
+    x = np.array([[[a, b]], [[a, b]]], np.float64) * u  # (N, C, S) = (2, 1, 2)
+    exact2 = (2 * a + 2 * b) // 2  # twice the exact mean, in units of u: an odd number
+    assert exact2 % 2 == 1
+    lo, hi = (exact2 - 1) // 2 * u, (exact2 + 1) // 2 * u
+    y, sm, si = bnsym.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5,
+                                         backend=backend)
+    assert sm[0] in (lo, hi)
+    ref = ref_forward(x, None, None, None, None, True, 0.1, 1e-5, F64)
+    chk = Check(F64, f"subnormal tie ({backend})")
+    chk.close("save_mean", sm, *ref["save_mean"])
+    for either in (lo, hi):  # the tie may round either way
+        chk.close("save_mean", np.array([either]), *ref["save_mean"])
+    r0 = float(ref["save_mean"][0][0])  # the reference rounded to double: lo or hi
+    for worse in (r0 - 2 * u, r0 + 2 * u):  # two ulps from it (1.5 from the exact mean) is refused
+        with pytest.raises(AssertionError, match="save_mean differs"):
+            chk.close("save_mean", np.array([worse]), *ref["save_mean"])
+
+
 # --------------------------------------------------------------------------- float64 large means
 
 # One shape per schedule: small (one block, one thread), channel groups of short strips over two
