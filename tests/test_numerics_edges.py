@@ -278,7 +278,7 @@ def test_subnormal_mean_halfway_between_two_doubles(backend):
     u = 2.0 ** -1074  # the smallest subnormal: the spacing of every subnormal
     a, b = 12748522678621, -12759796152020  # the values, in units of u
     x = np.array([[[a, b]], [[a, b]]], np.float64) * u  # (N, C, S) = (2, 1, 2)
-    exact2 = (2 * a + 2 * b) // 2  # twice the exact mean, in units of u: an odd number
+    exact2 = a + b  # twice the exact mean (the channel is a, b, a, b), in units of u: odd
     assert exact2 % 2 == 1
     lo, hi = (exact2 - 1) // 2 * u, (exact2 + 1) // 2 * u
     y, sm, si = bnsym.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5,
