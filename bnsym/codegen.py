@@ -120,6 +120,46 @@ def _needed_defs(defs: Sequence[Assign], targets: Iterable[sympy.Expr]) -> list[
     return list(reversed(keep))
 
 
+def _float_sum_posts(summands, elem_syms: set, rin_set: set):
+    """How the float reduction pass sums each channel sum ``sum(e_k)``, rebuilt per channel.
+
+    ``e_k = F*G`` with ``F`` free of element values (``invstd`` of ``dy*invstd*(x - mean)``).
+    Where ``G`` is linear in each per-channel input ``c`` it holds, with ``dG/dc = kappa*G_j``
+    for another sum ``j`` whose ``G_j`` holds no per-channel input (``-dy``, the summand of
+    ``sum(dy)``): ``sum(G(c)) = sum(G(c_hi)) + (c - c_hi)*kappa*sum(G_j)`` exactly, ``c_hi`` the
+    float value of ``c``. The float pass then sums ``G`` at ``c_hi`` only (one subtraction, exact
+    near the mean, no lo part, no ``F`` per value) and the channel's sum is
+    ``F*(sum(G(c_hi)) + sum over c of (c - c_hi)*kappa*sum(G_j))``, in double.
+
+    Returns, per summand, ``(F, G, [(c, kappa, j), ...])``, or ``None`` where that does not hold
+    (the pass sums the summand as it is); ``None`` for the whole when no summand gains."""
+    parts = [sympy.factor_terms(sympy.sympify(e)).as_independent(*elem_syms, as_Add=False)
+             for e in summands]
+    plain = {j for j, (_, g) in enumerate(parts) if not (_free(g) & rin_set)}
+    out: list = []
+    for f, g in parts:
+        corr = []
+        for c in sorted(_free(g) & rin_set, key=lambda s: s.name):
+            slope = sympy.diff(g, c)
+            if sympy.diff(slope, c) != 0 or _free(slope) & rin_set:
+                corr = None
+                break
+            match = None
+            for j in sorted(plain):
+                kappa = sympy.simplify(slope / parts[j][1])
+                if not (_free(kappa) & elem_syms):
+                    match = (c, kappa, j)
+                    break
+            if match is None:
+                corr = None
+                break
+            corr.append(match)
+        out.append(None if corr is None else (f, g, corr))
+    if all(p is None or (p[0] == 1 and not p[2]) for p in out):
+        return None
+    return out
+
+
 def _c_comment(text: str) -> str:
     return text.replace("*/", "* /").replace("/*", "/ *")
 
@@ -262,6 +302,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     # split into float hi + lo parts, subtracted one after the other, as in the element pass.
     red_t = T == "float" and bool(red_targets)
     lanes_t_rin: list[dict] = []
+    t_post = None
     if red_t:
         bn_v = _sym("bn_v")
         dprinter = make_printer("double")
@@ -279,7 +320,9 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
                 lanes_t_rin.append(dict(slot=rin_syms.index(x), expr=dprinter.doprint(val), name=nm.name))
             return lane_t_of[key]
 
-        def split_expr(e):
+        def split_expr(e, lo=True):
+            """``e`` as the float pass computes it: ``x - c`` as ``(x - c_hi) - c_lo`` (without
+            ``lo``: ``x - c_hi`` alone), other per-channel inputs rounded to float."""
             if isinstance(e, sympy.Add):
                 chan = [t for t in e.args if _free(t) <= rin_set and _free(t)]
                 rest = [t for t in e.args if _free(t) & set(elem_load_syms)]
@@ -287,15 +330,20 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
                     sgn, c = (1, chan[0]) if chan[0].is_Symbol else (-1, -chan[0])
                     h = _sym(f"bn_rh{len(r_defs)}")
                     names.map[h] = h.name
-                    r_defs.append(Assign(h, sympy.Add(*[split_expr(t) for t in rest]) + sgn * t_lane(c, "hi")))
-                    return h + sgn * t_lane(c, "lo")
+                    r_defs.append(Assign(h, sympy.Add(*[split_expr(t, lo) for t in rest]) + sgn * t_lane(c, "hi")))
+                    return h + sgn * t_lane(c, "lo") if lo else h
             if e.args:
-                return e.func(*[split_expr(a) for a in e.args])
+                return e.func(*[split_expr(a, lo) for a in e.args])
             if e in rin_set:
                 return t_lane(e, "plain")
             return e
 
-        t_targets = [(nm, split_expr(e)) for nm, e in red_targets]
+        # Sums rebuilt per channel (_float_sum_posts): the float pass sums G at the inputs'
+        # float values, the rest is done once per channel in double.
+        posts = _float_sum_posts([e for _, e in red_targets[: len(sums)]], set(elem_load_syms), rin_set)
+        t_targets = [(nm, split_expr(e) if posts is None or posts[k] is None else split_expr(posts[k][1], lo=False))
+                     if k < len(sums) else (nm, split_expr(e))
+                     for k, (nm, e) in enumerate(red_targets)]
         ren_t = dict(ren_a)
         for sym in list(lane_t_of.values()) + [d.symbol for d in r_defs]:
             ren_t[sym] = sym
@@ -307,6 +355,28 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
             terms_t += [fprinter.doprint(d), fprinter.doprint(d**2)]
         red_variants.append(dict(suffix="_t", ct="float", lane="lanet", psum="psumt", stmts=st_t, terms=terms_t,
                                  lanes=[lt["name"] for lt in lanes_t_rin] + [sh.name for sh in shift_syms]))
+        if posts is not None:
+            raw = [_sym(f"bn_raw{k}") for k in range(len(sums))]
+            post_targets = []
+            for k, p in enumerate(posts):
+                if p is None or (p[0] == 1 and not p[2]):
+                    continue  # the float pass sums the summand itself
+                f, _, corr = p
+                post_targets.append((k, f * (raw[k] + sympy.Add(*[(c - round_to_float32(c)) * kappa * raw[j]
+                                                                  for c, kappa, j in corr]))))
+            ren_p = {s: rn(s) for s in rin_syms}
+            ren_p.update({r: r for r in raw})
+            p_stmts, p_res, p_in = _block([], [(f"acc{k}", e) for k, e in post_targets], "double", "rp", ren_p)
+            t_post = dict(
+                rin=[dict(name=names(s), slot=rin_syms.index(s)) for s in rin_syms if s in p_in],
+                raw=[dict(name=r.name, acc=k) for k, r in enumerate(raw) if r in p_in],
+                stmts=p_stmts,
+                stores=[dict(acc=k, expr=rhs) for (k, _), rhs in zip(post_targets, p_res)],
+                formulas=[_c_comment(f"sum({sympy.sstr(red_targets[k][1])}) = {sympy.sstr(e)}")
+                          for k, e in post_targets]
+                + [_c_comment(f"{r.name} = sum({sympy.sstr(p[1].xreplace({c: round_to_float32(c) for c in _free(p[1]) & rin_set}))})")
+                   for r, p in zip(raw, posts) if r in p_in],
+            )
     scal_in_red = [s for s in scalar_syms if s in red_chan]
 
     # reduction-input stage (per channel, before the reductions): loads and pre-defs
@@ -603,6 +673,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         red_variants=red_variants,
         red_t=red_t,
         lanes_t_rin=lanes_t_rin,
+        t_post=t_post,
         lane_t_shift=len(lanes_t_rin),
         n_lanes_t=len(lanes_t_rin) + len(moments),
         red_loads=[dict(name=names(ld.symbol), array=ld.array) for ld in plan.element_loads if ld.symbol in red_elem],

@@ -418,16 +418,17 @@ typedef struct {
     double *psum;  /* [2][L] partial sums of wide rows */
     int all_strips; /* every block is summed strip by strip (bnsym_backward_eval_f32_run_small) */
     int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
+    int traw;       /* bacc holds sums as the float pass leaves them (bnsym_backward_eval_f32_t_post) */
     double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
     double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
-    float *lanet; /* [2][L] the lane inputs as the float pass reads them */
+    float *lanet; /* [1][L] the lane inputs as the float pass reads them */
     float *psumt; /* [2][L] partial sums of wide rows in float */
 } bnsym_backward_eval_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_eval_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + ((size_t)(2 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
+    const size_t n = (size_t)(2 + 1 + 2) * (size_t)L        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -444,8 +445,8 @@ static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st,
     sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 1 * L;
     sc->lanet = (float *)(sc->psum + 2 * L);
-    sc->psumt = sc->lanet + 2 * L;
-    chan = sc->psum + 2 * L + ((size_t)(2 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    sc->psumt = sc->lanet + 1 * L;
+    chan = sc->psum + 2 * L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     st->cnt = chan;
     st->off = st->cnt + C;
     st->m2 = st->off + 0 * C;
@@ -678,7 +679,9 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
  * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
  * in a register, then adds that partial sum to its double accumulator. Super-rows of several
- * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. Some sums are
+ * taken without their per-channel factor and lo parts, and rebuilt per channel afterwards
+ * (bnsym_backward_eval_f32_t_post). */
 static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a, bnsym_backward_eval_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -694,7 +697,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                 float *bn_s0 = p->psumt + 0 * L;
                 float *bn_s1 = p->psumt + 1 * L;
                 const float *bn_lane_bn_running_mean_v_hi = p->lanet + 0 * L;
-                const float *bn_lane_bn_running_mean_v_lo = p->lanet + 1 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
@@ -702,7 +704,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
-                        const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
                         float bn_r0 = 0;
                         float bn_r1 = 0;
                         int64_t hh;
@@ -710,7 +711,7 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                             const float dy = (float)bn_grad_output[hh * qstride + j];
                             const float x_v = (float)bn_x[hh * qstride + j];
                             const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-                            bn_r0 += dy*(bn_rh0 - bn_running_mean_v_lo);
+                            bn_r0 += bn_rh0*dy;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -720,7 +721,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
                         const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
-                        const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
                         float bn_r0 = 0;
                         float bn_r1 = 0;
                         int64_t hh;
@@ -728,7 +728,7 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                             const float dy = (float)bn_grad_output[hh * qstride + j];
                             const float x_v = (float)bn_x[hh * qstride + j];
                             const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-                            bn_r0 += dy*(bn_rh0 - bn_running_mean_v_lo);
+                            bn_r0 += bn_rh0*dy;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -744,7 +744,7 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
         }
         nq = 0; /* done; only the tail is left */
     }
-    if (L > BNSYM_LANES && 4 * L <= BNSYM_ROW_SUMS_MAX) {
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (4 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
@@ -755,17 +755,15 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                 float *bn_p0 = p->psumt + 0 * L;
                 float *bn_p1 = p->psumt + 1 * L;
                 const float *bn_lane_bn_running_mean_v_hi = p->lanet + 0 * L;
-                const float *bn_lane_bn_running_mean_v_lo = p->lanet + 1 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 BNSYM_SIMD
                 for (j = 0; j < L; ++j) {
                     const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
-                    const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
                     const float dy = (float)bn_grad_output[j];
                     const float x_v = (float)bn_x[j];
                     const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-                    bn_p0[j] += dy*(bn_rh0 - bn_running_mean_v_lo);
+                    bn_p0[j] += bn_rh0*dy;
                     bn_p1[j] += dy;
                 }
             }
@@ -794,14 +792,12 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
             const float *bn_lane_bn_running_mean_v_hi = p->lanet + 0 * L + t;
-            const float *bn_lane_bn_running_mean_v_lo = p->lanet + 1 * L + t;
             const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
             if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
                     const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
-                    const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
                     float bn_s0 = 0;
                     float bn_s1 = 0;
                     int64_t g;
@@ -809,7 +805,7 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                         const float dy = (float)bn_grad_output[g * qstride + j];
                         const float x_v = (float)bn_x[g * qstride + j];
                         const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-                        bn_s0 += dy*(bn_rh0 - bn_running_mean_v_lo);
+                        bn_s0 += bn_rh0*dy;
                         bn_s1 += dy;
                     }
                     bn_acc0[j] += (double)bn_s0;
@@ -826,11 +822,10 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
                         const float bn_running_mean_v_hi = bn_lane_bn_running_mean_v_hi[j];
-                        const float bn_running_mean_v_lo = bn_lane_bn_running_mean_v_lo[j];
                         const float dy = (float)bn_grad_output[g * qstride + j];
                         const float x_v = (float)bn_x[g * qstride + j];
                         const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-                        bn_p0[j] += dy*(bn_rh0 - bn_running_mean_v_lo);
+                        bn_p0[j] += bn_rh0*dy;
                         bn_p1[j] += dy;
                     }
                 }
@@ -849,11 +844,10 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
         const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
             const float bn_running_mean_v_hi = p->lanet[0 * L + j];
-            const float bn_running_mean_v_lo = p->lanet[1 * L + j];
             const float dy = (float)bn_grad_output[j];
             const float x_v = (float)bn_x[j];
             const float bn_rh0 = -bn_running_mean_v_hi + x_v;
-            p->acc[0 * L + j] += (double)(dy*(bn_rh0 - bn_running_mean_v_lo));
+            p->acc[0 * L + j] += (double)(bn_rh0*dy);
             p->acc[1 * L + j] += (double)(dy);
         }
     }
@@ -889,14 +883,6 @@ static void bnsym_backward_eval_f32_set_rin(const bnsym_backward_eval_f32_ctx *a
                 const double bn_v = a->rin[0 * a->C + c0 + c];
                 const float bn_w = (float)(bn_v);
                 float *bn_l = p->lanet + 0 * L + u + c * R;
-                BNSYM_SIMD
-                for (r = 0; r < R; ++r)
-                    bn_l[r] = bn_w;
-            }
-            {
-                const double bn_v = a->rin[0 * a->C + c0 + c];
-                const float bn_w = (float)(bn_v - (double)(float)(bn_v));
-                float *bn_l = p->lanet + 1 * L + u + c * R;
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_w;
@@ -1001,10 +987,12 @@ static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx
     int64_t g, j;
     if ((p->all_strips || bnsym_backward_eval_f32_by_strips(nseg, R)) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_backward_eval_f32_strips(a, p, base, nseg, stride, LC, R);
+        p->traw = 0;
         return;
     }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
+    p->traw = use_t;
     if (use_t) {
         if (seg_len == L && nq == 1 && tail == 0)
             bnsym_backward_eval_f32_pass_t(a, p, base, nseg, stride, L, 0);
@@ -1022,6 +1010,28 @@ static void bnsym_backward_eval_f32_block_sums(const bnsym_backward_eval_f32_ctx
 }
 
 
+/* The sums of channels c0 .. c0 + LC - 1 as the float pass leaves them (bacc[k][LC]: sums of the
+ * summand at the per-channel inputs' float values, without its per-channel factor) rebuilt in
+ * double, except where skip[c] is nonzero (skip may be NULL):
+ *   sum(dy*(-running_mean + x)) = bn_raw0 + bn_raw1*(-running_mean + round_to_float32(running_mean))
+ *   bn_raw0 = sum(dy*(x - round_to_float32(running_mean)))
+ *   bn_raw1 = sum(dy)
+ */
+static void bnsym_backward_eval_f32_t_post(const bnsym_backward_eval_f32_ctx *a, double *bacc, int64_t c0, int64_t LC, const double *skip)
+{
+    int64_t c;
+    for (c = 0; c < LC; ++c) {
+        if (skip != NULL && skip[c] != 0.0)
+            continue;
+        {
+            const double running_mean_v = a->rin[0 * a->C + c0 + c];
+            const double bn_raw0 = bacc[0 * LC + c];
+            const double bn_raw1 = bacc[1 * LC + c];
+            bacc[0 * LC + c] = bn_raw0 + bn_raw1*(-running_mean_v + (double)(float)(running_mean_v));
+        }
+    }
+}
+
 /* After a block was summed by the float pass: partial sums in float are exact enough unless a
  * value left its range (the sums then overflow, or are tiny); such channels are summed again
  * by the double pass (the others keep their sums: a channel never depends on another). */
@@ -1037,6 +1047,8 @@ static void bnsym_backward_eval_f32_t_fallback(const bnsym_backward_eval_f32_ctx
         p->tbad[c] = ok ? 0.0 : 1.0;
         bad |= !ok;
     }
+    if (p->traw)
+        bnsym_backward_eval_f32_t_post(a, p->bacc, p->rin_c0, LC, p->tbad);
     if (!bad)
         return;
     for (k = 0; k < 2 * LC; ++k)
@@ -1159,6 +1171,8 @@ static void bnsym_backward_eval_f32_ncs_range(const bnsym_backward_eval_f32_ctx 
             sc->acc = own;
             bnsym_backward_eval_f32_fold(lanes_c, sc->bacc, L, 1, L);
         }
+        else
+            bnsym_backward_eval_f32_t_post(a, sc->bacc, c, 1, NULL);
         st->sum[0 * C + c] = sc->bacc[0];
         st->sum[1 * C + c] = sc->bacc[1];
     }

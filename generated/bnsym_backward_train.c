@@ -417,16 +417,17 @@ typedef struct {
     double *psum;  /* [2][L] partial sums of wide rows */
     int all_strips; /* every block is summed strip by strip (bnsym_backward_train_f32_run_small) */
     int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
+    int traw;       /* bacc holds sums as the float pass leaves them (bnsym_backward_train_f32_t_post) */
     double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
     double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
-    float *lanet; /* [3][L] the lane inputs as the float pass reads them */
+    float *lanet; /* [1][L] the lane inputs as the float pass reads them */
     float *psumt; /* [2][L] partial sums of wide rows in float */
 } bnsym_backward_train_f32_scratch;
 
 /* Doubles for one state and one scratch, in whole cache lines. */
 static size_t bnsym_backward_train_f32_work_size(int64_t C, int64_t L, int64_t LC)
 {
-    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
+    const size_t n = (size_t)(2 + 2 + 2) * (size_t)L        + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8        + (size_t)(1 + 3 * 0 + 2) * (size_t)C
         + (size_t)(0 + 2) * (size_t)LC + (size_t)(2 + 1) * (size_t)LC;
     return (n + 15) / 8 * 8;
 }
@@ -443,8 +444,8 @@ static void bnsym_backward_train_f32_work_init(bnsym_backward_train_f32_state *s
     sc->lane = sc->acc + 2 * L;
     sc->psum = sc->lane + 2 * L;
     sc->lanet = (float *)(sc->psum + 2 * L);
-    sc->psumt = sc->lanet + 3 * L;
-    chan = sc->psum + 2 * L + ((size_t)(3 + 2) * (size_t)L * sizeof(float) + 7) / 8;
+    sc->psumt = sc->lanet + 1 * L;
+    chan = sc->psum + 2 * L + ((size_t)(1 + 2) * (size_t)L * sizeof(float) + 7) / 8;
     st->cnt = chan;
     st->off = st->cnt + C;
     st->m2 = st->off + 0 * C;
@@ -703,7 +704,9 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
  * each group of 4 super-rows (fewer when reading more arrays, so that a tile's rows do
  * not crowd one L1 set) and each tile of BNSYM_LANES lanes, each lane sums the group's terms
  * in a register, then adds that partial sum to its double accumulator. Super-rows of several
- * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. */
+ * tiles whose sums fit in L1 (channels-last rows) are read row by row instead. Some sums are
+ * taken without their per-channel factor and lo parts, and rebuilt per channel afterwards
+ * (bnsym_backward_train_f32_t_post). */
 static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nq, int64_t qstride,
     int64_t L, int64_t tail)
 {
@@ -718,18 +721,14 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
             for (g = 0; g < gn; g += h) {
                 float *bn_s0 = p->psumt + 0 * L;
                 float *bn_s1 = p->psumt + 1 * L;
-                const float *bn_lane_bn_invstd_f = p->lanet + 0 * L;
-                const float *bn_lane_bn_mean_hi = p->lanet + 1 * L;
-                const float *bn_lane_bn_mean_lo = p->lanet + 2 * L;
+                const float *bn_lane_bn_mean_hi = p->lanet + 0 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 h = (gn - g >= BNSYM_WIDE_ROWS) ? BNSYM_WIDE_ROWS : 1;
                 if (h == BNSYM_WIDE_ROWS) {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float bn_invstd_f = bn_lane_bn_invstd_f[j];
                         const float bn_mean_hi = bn_lane_bn_mean_hi[j];
-                        const float bn_mean_lo = bn_lane_bn_mean_lo[j];
                         float bn_r0 = 0;
                         float bn_r1 = 0;
                         int64_t hh;
@@ -738,7 +737,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
                             const float x_v = (float)bn_x[hh * qstride + j];
                             const float bn_rh0 = -bn_mean_hi + x_v;
                             bn_r0 += dy;
-                            bn_r1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                            bn_r1 += bn_rh0*dy;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -746,9 +745,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
                 } else {
                     BNSYM_SIMD
                     for (j = 0; j < L; ++j) {
-                        const float bn_invstd_f = bn_lane_bn_invstd_f[j];
                         const float bn_mean_hi = bn_lane_bn_mean_hi[j];
-                        const float bn_mean_lo = bn_lane_bn_mean_lo[j];
                         float bn_r0 = 0;
                         float bn_r1 = 0;
                         int64_t hh;
@@ -757,7 +754,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
                             const float x_v = (float)bn_x[hh * qstride + j];
                             const float bn_rh0 = -bn_mean_hi + x_v;
                             bn_r0 += dy;
-                            bn_r1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                            bn_r1 += bn_rh0*dy;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -772,7 +769,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
         }
         nq = 0; /* done; only the tail is left */
     }
-    if (L > BNSYM_LANES && 5 * L <= BNSYM_ROW_SUMS_MAX) {
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (4 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
@@ -782,21 +779,17 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
             for (g = 0; g < gn; ++g) {
                 float *bn_p0 = p->psumt + 0 * L;
                 float *bn_p1 = p->psumt + 1 * L;
-                const float *bn_lane_bn_invstd_f = p->lanet + 0 * L;
-                const float *bn_lane_bn_mean_hi = p->lanet + 1 * L;
-                const float *bn_lane_bn_mean_lo = p->lanet + 2 * L;
+                const float *bn_lane_bn_mean_hi = p->lanet + 0 * L;
                 const float *bn_grad_output = a->grad_output + base + (q0 + g) * qstride;
                 const float *bn_x = a->x + base + (q0 + g) * qstride;
                 BNSYM_SIMD
                 for (j = 0; j < L; ++j) {
-                    const float bn_invstd_f = bn_lane_bn_invstd_f[j];
                     const float bn_mean_hi = bn_lane_bn_mean_hi[j];
-                    const float bn_mean_lo = bn_lane_bn_mean_lo[j];
                     const float dy = (float)bn_grad_output[j];
                     const float x_v = (float)bn_x[j];
                     const float bn_rh0 = -bn_mean_hi + x_v;
                     bn_p0[j] += dy;
-                    bn_p1[j] += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                    bn_p1[j] += bn_rh0*dy;
                 }
             }
             BNSYM_SIMD
@@ -823,17 +816,13 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
-            const float *bn_lane_bn_invstd_f = p->lanet + 0 * L + t;
-            const float *bn_lane_bn_mean_hi = p->lanet + 1 * L + t;
-            const float *bn_lane_bn_mean_lo = p->lanet + 2 * L + t;
+            const float *bn_lane_bn_mean_hi = p->lanet + 0 * L + t;
             const float *bn_grad_output = a->grad_output + base + q0 * qstride + t;
             const float *bn_x = a->x + base + q0 * qstride + t;
             if (gn == 4) {
                 BNSYM_SIMD
                 for (j = 0; j < BNSYM_LANES; ++j) {
-                    const float bn_invstd_f = bn_lane_bn_invstd_f[j];
                     const float bn_mean_hi = bn_lane_bn_mean_hi[j];
-                    const float bn_mean_lo = bn_lane_bn_mean_lo[j];
                     float bn_s0 = 0;
                     float bn_s1 = 0;
                     int64_t g;
@@ -842,7 +831,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
                         const float x_v = (float)bn_x[g * qstride + j];
                         const float bn_rh0 = -bn_mean_hi + x_v;
                         bn_s0 += dy;
-                        bn_s1 += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                        bn_s1 += bn_rh0*dy;
                     }
                     bn_acc0[j] += (double)bn_s0;
                     bn_acc1[j] += (double)bn_s1;
@@ -857,14 +846,12 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
-                        const float bn_invstd_f = bn_lane_bn_invstd_f[j];
                         const float bn_mean_hi = bn_lane_bn_mean_hi[j];
-                        const float bn_mean_lo = bn_lane_bn_mean_lo[j];
                         const float dy = (float)bn_grad_output[g * qstride + j];
                         const float x_v = (float)bn_x[g * qstride + j];
                         const float bn_rh0 = -bn_mean_hi + x_v;
                         bn_p0[j] += dy;
-                        bn_p1[j] += bn_invstd_f*dy*(-bn_mean_lo + bn_rh0);
+                        bn_p1[j] += bn_rh0*dy;
                     }
                 }
                 BNSYM_SIMD
@@ -881,14 +868,12 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
         const float *bn_grad_output = a->grad_output + base + nq_all * qstride;
         const float *bn_x = a->x + base + nq_all * qstride;
         for (j = 0; j < tail; ++j) {
-            const float bn_invstd_f = p->lanet[0 * L + j];
-            const float bn_mean_hi = p->lanet[1 * L + j];
-            const float bn_mean_lo = p->lanet[2 * L + j];
+            const float bn_mean_hi = p->lanet[0 * L + j];
             const float dy = (float)bn_grad_output[j];
             const float x_v = (float)bn_x[j];
             const float bn_rh0 = -bn_mean_hi + x_v;
             p->acc[0 * L + j] += (double)(dy);
-            p->acc[1 * L + j] += (double)(bn_invstd_f*dy*(-bn_mean_lo + bn_rh0));
+            p->acc[1 * L + j] += (double)(bn_rh0*dy);
         }
     }
 }
@@ -927,25 +912,9 @@ static void bnsym_backward_train_f32_set_rin(const bnsym_backward_train_f32_ctx 
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
-                const double bn_v = a->rin[0 * a->C + c0 + c];
+                const double bn_v = a->rin[1 * a->C + c0 + c];
                 const float bn_w = (float)(bn_v);
                 float *bn_l = p->lanet + 0 * L + u + c * R;
-                BNSYM_SIMD
-                for (r = 0; r < R; ++r)
-                    bn_l[r] = bn_w;
-            }
-            {
-                const double bn_v = a->rin[1 * a->C + c0 + c];
-                const float bn_w = (float)(bn_v);
-                float *bn_l = p->lanet + 1 * L + u + c * R;
-                BNSYM_SIMD
-                for (r = 0; r < R; ++r)
-                    bn_l[r] = bn_w;
-            }
-            {
-                const double bn_v = a->rin[1 * a->C + c0 + c];
-                const float bn_w = (float)(bn_v - (double)(float)(bn_v));
-                float *bn_l = p->lanet + 2 * L + u + c * R;
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_w;
@@ -1052,10 +1021,12 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
     int64_t g, j;
     if ((p->all_strips || bnsym_backward_train_f32_by_strips(nseg, R)) && seg_len == L && nq == 1 && tail == 0) {
         bnsym_backward_train_f32_strips(a, p, base, nseg, stride, LC, R);
+        p->traw = 0;
         return;
     }
     for (j = 0; j < 2 * L; ++j)
         p->acc[j] = 0.0;
+    p->traw = use_t;
     if (use_t) {
         if (seg_len == L && nq == 1 && tail == 0)
             bnsym_backward_train_f32_pass_t(a, p, base, nseg, stride, L, 0);
@@ -1073,6 +1044,29 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
 }
 
 
+/* The sums of channels c0 .. c0 + LC - 1 as the float pass leaves them (bacc[k][LC]: sums of the
+ * summand at the per-channel inputs' float values, without its per-channel factor) rebuilt in
+ * double, except where skip[c] is nonzero (skip may be NULL):
+ *   sum(dy*invstd*(-mean + x)) = invstd*(bn_raw0*(-mean + round_to_float32(mean)) + bn_raw1)
+ *   bn_raw0 = sum(dy)
+ *   bn_raw1 = sum(dy*(x - round_to_float32(mean)))
+ */
+static void bnsym_backward_train_f32_t_post(const bnsym_backward_train_f32_ctx *a, double *bacc, int64_t c0, int64_t LC, const double *skip)
+{
+    int64_t c;
+    for (c = 0; c < LC; ++c) {
+        if (skip != NULL && skip[c] != 0.0)
+            continue;
+        {
+            const double invstd = a->rin[0 * a->C + c0 + c];
+            const double mean = a->rin[1 * a->C + c0 + c];
+            const double bn_raw0 = bacc[0 * LC + c];
+            const double bn_raw1 = bacc[1 * LC + c];
+            bacc[1 * LC + c] = invstd*(bn_raw0*(-mean + (double)(float)(mean)) + bn_raw1);
+        }
+    }
+}
+
 /* After a block was summed by the float pass: partial sums in float are exact enough unless a
  * value left its range (the sums then overflow, or are tiny); such channels are summed again
  * by the double pass (the others keep their sums: a channel never depends on another). */
@@ -1088,6 +1082,8 @@ static void bnsym_backward_train_f32_t_fallback(const bnsym_backward_train_f32_c
         p->tbad[c] = ok ? 0.0 : 1.0;
         bad |= !ok;
     }
+    if (p->traw)
+        bnsym_backward_train_f32_t_post(a, p->bacc, p->rin_c0, LC, p->tbad);
     if (!bad)
         return;
     for (k = 0; k < 2 * LC; ++k)
@@ -1210,6 +1206,8 @@ static void bnsym_backward_train_f32_ncs_range(const bnsym_backward_train_f32_ct
             sc->acc = own;
             bnsym_backward_train_f32_fold(lanes_c, sc->bacc, L, 1, L);
         }
+        else
+            bnsym_backward_train_f32_t_post(a, sc->bacc, c, 1, NULL);
         st->sum[0 * C + c] = sc->bacc[0];
         st->sum[1 * C + c] = sc->bacc[1];
     }

@@ -67,6 +67,74 @@ def test_printer_values():
 # ---- generation --------------------------------------------------------------------------------
 
 
+# ---- the float reduction pass's channel sums ----------------------------------------------------
+
+
+def _summands(plan):
+    """The plan's Sum summands with the element defs substituted, its element-load symbols and
+    per-channel symbols (as codegen sees them)."""
+    sums = [r for r in plan.reductions if type(r).__name__ == "Sum"]
+    out = []
+    for r in sums:
+        e = sympy.sympify(r.summand)
+        for d in reversed(plan.element_defs):
+            e = e.xreplace({d.symbol: d.expr})
+        out.append(e)
+    elem = {ld.symbol for ld in plan.element_loads}
+    chan = set().union(*(e.free_symbols for e in out)) - elem
+    return out, elem, chan
+
+
+@pytest.mark.parametrize("name", ["backward_train", "backward_eval"])
+def test_float_pass_sums_rebuild_the_plan_sums_exactly(name):
+    """The float pass sums each summand ``F*G`` as ``G`` at the per-channel inputs' float values
+    ``c_hi`` and rebuilds ``F*(sum G(c_hi) + (c - c_hi)*kappa*sum G_j)`` per channel: exactly the
+    plan's sum, for any ``c_hi`` (SymPy, m = 1..4, every value a symbol)."""
+    plan = codegen.load_plans()[name]
+    summands, elem, chan = _summands(plan)
+    posts = codegen._float_sum_posts(summands, elem, chan)
+    assert posts is not None and all(p is not None for p in posts)
+    assert any(p[2] for p in posts)  # some sum drops a lo part
+    for m in range(1, 5):
+        subs = [{s: sympy.Symbol(f"{s.name}_{i}") for s in elem} for i in range(m)]
+        his = {c: sympy.Symbol(f"{c.name}_hi") for c in chan}
+        raw = [sum(p[1].xreplace(his).xreplace(sub) for sub in subs) for p in posts]
+        for k, (f, g, corr) in enumerate(posts):
+            rebuilt = f * (raw[k] + sum((c - his[c]) * kappa * raw[j] for c, kappa, j in corr))
+            exact = sum(summands[k].xreplace(sub) for sub in subs)
+            assert sympy.expand(rebuilt - exact) == 0, (name, k, m)
+
+
+def test_float_pass_sums_by_plan():
+    """What the float pass sums for the two backward plans: ``dy*(x - mean)`` without invstd, and
+    ``dy*(x - running_mean)`` without the lo part; the kernels' float lanes hold the means' float
+    values alone, and a rebuild step writes the formulas in a comment."""
+    plans = codegen.load_plans()
+    train = codegen._kernel_data(plans["backward_train"], "float32", "bnsym_")
+    assert [lt["name"] for lt in train["lanes_t_rin"]] == ["bn_mean_hi"]
+    assert train["red_variants"][1]["terms"] == ["dy", "bn_rh0*dy"]
+    assert [st["acc"] for st in train["t_post"]["stores"]] == [1]
+    evl = codegen._kernel_data(plans["backward_eval"], "float32", "bnsym_")
+    assert [lt["name"] for lt in evl["lanes_t_rin"]] == ["bn_running_mean_v_hi"]
+    fwd = codegen._kernel_data(plans["forward_train"], "float32", "bnsym_")
+    assert fwd["t_post"] is None
+    assert codegen._kernel_data(plans["backward_train"], "float64", "bnsym_")["t_post"] is None
+
+
+def test_float_pass_sums_only_where_exact():
+    """A summand not linear in its per-channel input, or whose slope is no other sum's summand,
+    keeps its form (None); nothing to gain gives None for the whole."""
+    dy, x, mean, k = sympy.symbols("dy x mean k")
+    elem, chan = {dy, x}, {mean, k}
+    assert codegen._float_sum_posts([dy, dy * (x - mean) ** 2], elem, chan) is None
+    assert codegen._float_sum_posts([dy * (x - mean)], elem, chan) is None
+    assert codegen._float_sum_posts([dy], elem, chan) is None
+    posts = codegen._float_sum_posts([dy, k * dy * (x - mean), x * (x - mean)], elem, chan)
+    assert posts[0] == (1, dy, [])
+    assert posts[1] == (k, dy * (x - mean), [(mean, -1, 0)])
+    assert posts[2] is None
+
+
 def test_render_deterministic(files):
     again = codegen.render()
     assert again == files

@@ -384,6 +384,35 @@ def test_float64_mean_beyond_sqrt_max(threads, backend, shape, layout):
     assert np.isfinite(gi).all() and np.isfinite(gw).all()
 
 
+@pytest.mark.parametrize("shape,layout", SCHEDULES + WIDE_EXTRA)
+def test_float32_backward_sums_out_of_range_before_their_factor(threads, shape, layout):
+    """The float32 backward's float pass sums ``dy*(x - float(mean))`` and multiplies by invstd
+    per channel, in double, after the block: those raw sums can leave float's range where
+    ``dy*xhat`` does not. Channels side by side in one call: ordinary values; x ~ 1e25*z with
+    dy ~ 1e20 (raw terms ~1e45 overflow float: inf); x ~ 1e-15*z with dy ~ 1e-29*(1 + z) and
+    eps = 1e-40 (invstd ~ 1e15: raw terms ~1e-44 are subnormal, a few bits each, while the
+    old per-value ``invstd*dy*(x - mean)`` is a normal ~1e-29). The kernels must sum both
+    extreme channels again in double, judging the raw sums: the rebuilt sum, 1e15 times the
+    raw one, looks fine and was 3e-4 off when judged instead. The ordinary channel keeps its
+    float sums. The reference, on every schedule and thread count."""
+    rng = np.random.default_rng(21)
+    C = shape[1]
+    z, z2 = rng.standard_normal(shape), rng.standard_normal(shape)
+    cshape = (1, C) + (1,) * (len(shape) - 2)
+    scale_x = np.array([1.0, 1e25, 1e-15] * C)[:C].reshape(cshape)
+    scale_dy = np.array([1.0, 1e20, 1e-29] * C)[:C].reshape(cshape)
+    x = arr(scale_x * (z + 0.5), F32, layout)
+    dy = arr(scale_dy * (z + 0.3 * z2 + 1), F32, layout)
+    x64 = x.astype(np.float64)
+    ax = (0,) + tuple(range(2, x.ndim))
+    mean = x64.mean(axis=ax)
+    var = ((x64 - mean.reshape(cshape)) ** 2).mean(axis=ax)
+    a, b = mean.astype(F32), (1 / np.sqrt(var + 1e-40)).astype(F32)
+    w, _ = params(C, F32)
+    gi, gw, gb = check_backward(dy, x, w, a, b, True, eps=1e-40, what=f"raw sums {shape} {layout}")
+    assert np.isfinite(gi).all() and np.isfinite(gw).all() and (gw != 0).all()
+
+
 # --------------------------------------------------------------------------- m = 2, constant
 
 
