@@ -87,6 +87,12 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Bytes of reduction input per thread up to which the float32 pass over rows (channels-last,
+ * (N, C)) sums them in tiles, groups of rows in registers, rather than row by row: rows that stay
+ * in the cache are summed faster in tiles, rows read from memory row by row, in address order. */
+#ifndef BNSYM_ROW_TILE_BYTES
+#define BNSYM_ROW_TILE_BYTES (4 << 20)
+#endif
 /* Strips shorter than this get their element pass a group of channels at a time, the strips of a
  * sample as one row of lanes (a loop per strip costs more than the values). */
 #ifndef BNSYM_ELEM_LANES_S
@@ -393,6 +399,7 @@ typedef struct {
     float *coef; /* element-pass coefficients, [4][C] */
     int stream;    /* the element pass streams its outputs (bnsym_backward_train_f32_streams) */
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
+    int row_tiles; /* the float pass sums rows in tiles, never row by row (BNSYM_ROW_TILE_BYTES) */
     double *coefd; /* coefficients of the element pass in double, [5][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
 } bnsym_backward_train_f32_ctx;
@@ -769,7 +776,7 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
         }
         nq = 0; /* done; only the tail is left */
     }
-    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX && !a->row_tiles) {
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (4 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
@@ -1815,6 +1822,9 @@ static int bnsym_backward_train_f32_run_rows(bnsym_backward_train_f32_ctx *a, in
     L = C * Ur;
     RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
+    /* the rows each thread's reduction reads stay in the cache: the float pass sums them in tiles */
+    a->row_tiles = (double)R * (double)C * (double)sizeof(float) * 2.0
+        <= (double)BNSYM_ROW_TILE_BYTES * (double)nt;
     wsz = bnsym_backward_train_f32_work_size(C, L, C);
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
@@ -1986,6 +1996,7 @@ int bnsym_backward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 5 * C;
     ctx.stream = bnsym_backward_train_f32_streams(&ctx);
+    ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_backward_train_f32_run_small(&ctx, S == 1);
     else
@@ -2059,6 +2070,7 @@ int bnsym_backward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 0 * C;
     ctx.wflag = ctx.coefd + 5 * C;
     ctx.stream = bnsym_backward_train_f32_streams(&ctx);
+    ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_backward_train_f32_run_small(&ctx, 1);
     else

@@ -87,6 +87,12 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Bytes of reduction input per thread up to which the float32 pass over rows (channels-last,
+ * (N, C)) sums them in tiles, groups of rows in registers, rather than row by row: rows that stay
+ * in the cache are summed faster in tiles, rows read from memory row by row, in address order. */
+#ifndef BNSYM_ROW_TILE_BYTES
+#define BNSYM_ROW_TILE_BYTES (4 << 20)
+#endif
 /* Strips shorter than this get their element pass a group of channels at a time, the strips of a
  * sample as one row of lanes (a loop per strip costs more than the values). */
 #ifndef BNSYM_ELEM_LANES_S

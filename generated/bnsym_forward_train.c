@@ -87,6 +87,12 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
+/* Bytes of reduction input per thread up to which the float32 pass over rows (channels-last,
+ * (N, C)) sums them in tiles, groups of rows in registers, rather than row by row: rows that stay
+ * in the cache are summed faster in tiles, rows read from memory row by row, in address order. */
+#ifndef BNSYM_ROW_TILE_BYTES
+#define BNSYM_ROW_TILE_BYTES (4 << 20)
+#endif
 /* Strips shorter than this get their element pass a group of channels at a time, the strips of a
  * sample as one row of lanes (a loop per strip costs more than the values). */
 #ifndef BNSYM_ELEM_LANES_S
@@ -395,6 +401,7 @@ typedef struct {
     float *coef; /* element-pass coefficients, [3][C] */
     int stream;    /* the element pass streams its outputs (bnsym_forward_train_f32_streams) */
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
+    int row_tiles; /* the float pass sums rows in tiles, never row by row (BNSYM_ROW_TILE_BYTES) */
     double *coefd; /* coefficients of the element pass in double, [3][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
 } bnsym_forward_train_f32_ctx;
@@ -754,7 +761,7 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
         }
         nq = 0; /* done; only the tail is left */
     }
-    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX) {
+    if (L > BNSYM_LANES && 3 * L <= BNSYM_ROW_SUMS_MAX && !a->row_tiles) {
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (8 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
@@ -1827,6 +1834,9 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     L = C * Ur;
     RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
+    /* the rows each thread's reduction reads stay in the cache: the float pass sums them in tiles */
+    a->row_tiles = (double)R * (double)C * (double)sizeof(float) * 1.0
+        <= (double)BNSYM_ROW_TILE_BYTES * (double)nt;
     wsz = bnsym_forward_train_f32_work_size(C, L, C);
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
@@ -2005,6 +2015,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 2 * C;
     ctx.wflag = ctx.coefd + 3 * C;
     ctx.stream = bnsym_forward_train_f32_streams(&ctx);
+    ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_forward_train_f32_run_small(&ctx, S == 1);
     else
@@ -2090,6 +2101,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.coefd = ctx.guard + 2 * C;
     ctx.wflag = ctx.coefd + 3 * C;
     ctx.stream = bnsym_forward_train_f32_streams(&ctx);
+    ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_forward_train_f32_run_small(&ctx, 1);
     else

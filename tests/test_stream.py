@@ -2,7 +2,8 @@
 
 A call whose element pass reads and writes at least ``BNSYM_STREAM_BYTES`` (default 32 MiB)
 writes its outputs around the cache, in vectors from the first aligned output value (GCC vector
-extensions on x86-64 with AVX). Two checks:
+extensions on x86-64 with AVX). Two checks (and a third with the same program: the float32 rows
+reduction's two orders, tiles and row by row, give the same bits):
 
 - ``tests/c/stream_outputs.c`` built twice from ``generated/``, with ``-DBNSYM_NO_STREAM`` and
   with ``-DBNSYM_STREAM_BYTES=0`` (every call streams), prints digests of every output of every
@@ -58,6 +59,22 @@ def test_streaming_changes_no_bit(c_compiler, tmp_path):
     assert all(line.split()[2] == "0" for line in results), "a kernel returned an error"
     diff = [(a, b) for a, b in zip(plain, streamed) if a != b]
     assert len(plain) == len(streamed) and not diff, diff[:10]
+
+
+def test_row_tiles_change_no_bit(c_compiler, tmp_path):
+    """The float32 pass over rows sums them in tiles when each thread's rows stay in the cache
+    (``BNSYM_ROW_TILE_BYTES``), row by row otherwise: the same float operations in another order
+    of rows and lanes, so the same bits. The program of the test above built with every rows
+    reduction row by row where its sums fit in L1 (``BNSYM_ROW_TILE_BYTES=0``) and with every one
+    in tiles prints the same digests (its cases include rows of 96, 160, 608 and 64 lanes)."""
+    cc = c_compiler
+    by_rows = _build_and_run(cc, tmp_path, "by_rows", "-DBNSYM_ROW_TILE_BYTES=0")
+    tiles = _build_and_run(cc, tmp_path, "tiles", "-DBNSYM_ROW_TILE_BYTES=1e18")
+    results = [line for line in by_rows if not line.startswith(("case", "stream"))]
+    assert len(results) == 16 * 2 * 4 * 2 * 2 * 2 * 4
+    assert all(line.split()[2] == "0" for line in results), "a kernel returned an error"
+    diff = [(a, b) for a, b in zip(by_rows, tiles) if a != b]
+    assert len(by_rows) == len(tiles) and not diff, diff[:10]
 
 
 # ------------------------------------------------------------- production build, large inputs
