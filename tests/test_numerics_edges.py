@@ -413,6 +413,40 @@ def test_float32_backward_sums_out_of_range_before_their_factor(threads, shape, 
     assert np.isfinite(gi).all() and np.isfinite(gw).all() and (gw != 0).all()
 
 
+@pytest.mark.parametrize("shape,layout", [((2, 3), "ncs"), ((64, 3, 8), "ncs"), ((64, 3, 8), "nsc")])
+def test_zero_weight_gradient_beyond_double_range(shape, layout):
+    """float64, gamma = 0, and saved statistics far from the batch (mean ~0, invstd 1e6 for x ~
+    1e99, dy ~ 1e100): PyTorch's ``xhat * sum(dy*xhat) / m`` overflows double (~1e311), and
+    ``0 * inf`` makes its grad_input NaN, as the NumPy backend's. The C kernels never form that
+    product and give the exact gradient, 0. The reference (long double where double overflows)
+    accepts both, and still refuses a wrong finite value, and NaN in an ordinary channel (found
+    by the fuzz, seed 2027)."""
+    rng = np.random.default_rng(3)
+    scale = np.array([1e-201, 1e99, 1.0]).reshape((1, 3) + (1,) * (len(shape) - 2))
+    x = arr(scale * rng.standard_normal(shape), F64, layout)
+    dy = arr(1e100 * rng.standard_normal(shape), F64, layout)
+    w = np.zeros(3)
+    sm, si = np.full(3, -3.2e-203), np.full(3, 1e6)
+    ref = ref_backward(dy, x, w, sm, si, True, 1e-12, F64)
+    gi_c = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-12,
+                                     (True, False, False))[0]
+    gi_n = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-12,
+                                     (True, False, False), backend="numpy")[0]
+    assert (gi_c == 0).all()
+    assert np.isnan(gi_n[:, 1]).all()
+    chk = Check(F64, "zero weight, overflow")
+    chk.close("grad_input", gi_c, *ref["grad_input"])
+    chk.close("grad_input", gi_n, *ref["grad_input"])
+    wrong = gi_c.copy()
+    wrong[0, 1] = 1.0
+    with pytest.raises(AssertionError):
+        chk.close("grad_input", wrong, *ref["grad_input"])
+    wrong = gi_c.copy()
+    wrong[0, 2] = np.nan
+    with pytest.raises(AssertionError):
+        chk.close("grad_input", wrong, *ref["grad_input"])
+
+
 # --------------------------------------------------------------------------- m = 2, constant
 
 
