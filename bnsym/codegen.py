@@ -155,9 +155,15 @@ def _float_sum_posts(summands, elem_syms: set, rin_set: set):
                 break
             corr.append(match)
         out.append(None if corr is None else (f, g, corr))
-    if all(p is None or (p[0] == 1 and not p[2]) for p in out):
+    if not any(_rebuilt(p) for p in out):
         return None
     return out
+
+
+def _rebuilt(post) -> bool:
+    """Whether a summand's float sum needs rebuilding (a factor or a correction, see
+    :func:`_float_sum_posts`)."""
+    return post is not None and (post[0] != 1 or bool(post[2]))
 
 
 def _c_comment(text: str) -> str:
@@ -338,12 +344,15 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
                 return t_lane(e, "plain")
             return e
 
-        # Sums rebuilt per channel (_float_sum_posts): the float pass sums G at the inputs'
-        # float values, the rest is done once per channel in double.
-        posts = _float_sum_posts([e for _, e in red_targets[: len(sums)]], set(elem_load_syms), rin_set)
-        t_targets = [(nm, split_expr(e) if posts is None or posts[k] is None else split_expr(posts[k][1], lo=False))
-                     if k < len(sums) else (nm, split_expr(e))
-                     for k, (nm, e) in enumerate(red_targets)]
+        # Sums rebuilt per channel (_float_sum_posts; the rebuild reads the per-channel inputs):
+        # the float pass sums G at the inputs' float values, the rest is done once per channel
+        # in double.
+        posts = (_float_sum_posts([e for _, e in red_targets[: len(sums)]], set(elem_load_syms), rin_set)
+                 if rin_syms else None)
+        t_targets = []
+        for k, (nm, e) in enumerate(red_targets):
+            p = posts[k] if posts is not None and k < len(sums) else None
+            t_targets.append((nm, split_expr(e) if p is None else split_expr(p[1], lo=False)))
         ren_t = dict(ren_a)
         for sym in list(lane_t_of.values()) + [d.symbol for d in r_defs]:
             ren_t[sym] = sym
@@ -359,7 +368,7 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
             raw = [_sym(f"bn_raw{k}") for k in range(len(sums))]
             post_targets = []
             for k, p in enumerate(posts):
-                if p is None or (p[0] == 1 and not p[2]):
+                if not _rebuilt(p):
                     continue  # the float pass sums the summand itself
                 f, _, corr = p
                 post_targets.append((k, f * (raw[k] + sympy.Add(*[(c - round_to_float32(c)) * kappa * raw[j]
