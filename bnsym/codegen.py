@@ -289,8 +289,17 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
         ren_a[sym] = sym
     red_targets = [(f"acc{k}", subst_elem(r.summand)) for k, r in enumerate(sums)]
     red_targets += [(d.name, subst_elem(r.of) - sh) for r, sh, d in zip(moments, shift_syms, dev_syms)]
+    # The double pass evaluates each summand through the plan's element defs, as the plan
+    # writes it: dy*xhat as dy*(invstd*(x - mean)), whose factors are of the sum's own scale.
+    # Inlined, C would evaluate (dy*invstd)*(x - mean), which underflows to 0 for dy ~ 1e-310
+    # and x ~ 1e100 although the sum is ~1e-310.
+    for d in plan.element_defs:
+        ren_a[d.symbol] = rn(d.symbol)
+    red_targets_d = [(f"acc{k}", sympy.sympify(r.summand)) for k, r in enumerate(sums)]
+    red_targets_d += red_targets[len(sums):]
+
     def red_program(ctype):
-        st, res, _ = _block([], red_targets, ctype, "ra", ren_a)
+        st, res, _ = _block(plan.element_defs, red_targets_d, ctype, "ra", ren_a)
         pr = make_printer(ctype)
         terms = list(res[: len(sums)])
         for d, rhs in zip(dev_syms, res[len(sums):]):

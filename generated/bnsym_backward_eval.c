@@ -555,7 +555,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
-                            bn_r0 += dy*(-running_mean_v + x_v);
+                            const double xmu = -running_mean_v + x_v;
+                            bn_r0 += dy*xmu;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -571,7 +572,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
-                            bn_r0 += dy*(-running_mean_v + x_v);
+                            const double xmu = -running_mean_v + x_v;
+                            bn_r0 += dy*xmu;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -601,7 +603,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                 const double running_mean_v = bn_lane_running_mean_v[j];
                 const double dy = (double)bn_grad_output[j];
                 const double x_v = (double)bn_x[j];
-                bn_acc0[j] += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                bn_acc0[j] += dy*xmu;
                 bn_acc1[j] += dy;
             }
         }
@@ -636,7 +639,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
-                        bn_s0 += dy*(-running_mean_v + x_v);
+                        const double xmu = -running_mean_v + x_v;
+                        bn_s0 += dy*xmu;
                         bn_s1 += dy;
                     }
                     bn_acc0[j] += (double)bn_s0;
@@ -655,7 +659,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                         const double running_mean_v = bn_lane_running_mean_v[j];
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
-                        bn_p0[j] += dy*(-running_mean_v + x_v);
+                        const double xmu = -running_mean_v + x_v;
+                        bn_p0[j] += dy*xmu;
                         bn_p1[j] += dy;
                     }
                 }
@@ -676,7 +681,8 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
             const double running_mean_v = p->lane[0 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
+            const double xmu = -running_mean_v + x_v;
+            p->acc[0 * L + j] += (double)(dy*xmu);
             p->acc[1 * L + j] += (double)(dy);
         }
     }
@@ -950,7 +956,8 @@ static void bnsym_backward_eval_f32_strips(const bnsym_backward_eval_f32_ctx *a,
                 const double running_mean_v = a->rin[0 * a->C + p->rin_c0 + c];
                 const double dy = (double)bn_grad_output[c];
                 const double x_v = (double)bn_x[c];
-                p->bacc[0 * LC + c] += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                p->bacc[0 * LC + c] += dy*xmu;
                 p->bacc[1 * LC + c] += dy;
             }
         }
@@ -968,7 +975,8 @@ static void bnsym_backward_eval_f32_strips(const bnsym_backward_eval_f32_ctx *a,
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];
-                bn_s0 += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                bn_s0 += dy*xmu;
                 bn_s1 += dy;
             }
         }
@@ -2112,7 +2120,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
-                            bn_r0 += dy*(-running_mean_v + x_v);
+                            const double xmu = -running_mean_v + x_v;
+                            bn_r0 += dy*xmu;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -2128,7 +2137,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
-                            bn_r0 += dy*(-running_mean_v + x_v);
+                            const double xmu = -running_mean_v + x_v;
+                            bn_r0 += dy*xmu;
                             bn_r1 += dy;
                         }
                         bn_s0[j] += bn_r0;
@@ -2158,7 +2168,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                 const double running_mean_v = bn_lane_running_mean_v[j];
                 const double dy = (double)bn_grad_output[j];
                 const double x_v = (double)bn_x[j];
-                bn_acc0[j] += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                bn_acc0[j] += dy*xmu;
                 bn_acc1[j] += dy;
             }
         }
@@ -2193,7 +2204,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
-                        bn_s0 += dy*(-running_mean_v + x_v);
+                        const double xmu = -running_mean_v + x_v;
+                        bn_s0 += dy*xmu;
                         bn_s1 += dy;
                     }
                     bn_acc0[j] += (double)bn_s0;
@@ -2212,7 +2224,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                         const double running_mean_v = bn_lane_running_mean_v[j];
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
-                        bn_p0[j] += dy*(-running_mean_v + x_v);
+                        const double xmu = -running_mean_v + x_v;
+                        bn_p0[j] += dy*xmu;
                         bn_p1[j] += dy;
                     }
                 }
@@ -2233,7 +2246,8 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
             const double running_mean_v = p->lane[0 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
-            p->acc[0 * L + j] += (double)(dy*(-running_mean_v + x_v));
+            const double xmu = -running_mean_v + x_v;
+            p->acc[0 * L + j] += (double)(dy*xmu);
             p->acc[1 * L + j] += (double)(dy);
         }
     }
@@ -2317,7 +2331,8 @@ static void bnsym_backward_eval_f64_strips(const bnsym_backward_eval_f64_ctx *a,
                 const double running_mean_v = a->rin[0 * a->C + p->rin_c0 + c];
                 const double dy = (double)bn_grad_output[c];
                 const double x_v = (double)bn_x[c];
-                p->bacc[0 * LC + c] += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                p->bacc[0 * LC + c] += dy*xmu;
                 p->bacc[1 * LC + c] += dy;
             }
         }
@@ -2335,7 +2350,8 @@ static void bnsym_backward_eval_f64_strips(const bnsym_backward_eval_f64_ctx *a,
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];
-                bn_s0 += dy*(-running_mean_v + x_v);
+                const double xmu = -running_mean_v + x_v;
+                bn_s0 += dy*xmu;
                 bn_s1 += dy;
             }
         }

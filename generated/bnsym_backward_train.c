@@ -573,8 +573,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
+                            const double xmu = -mean + x_v;
+                            const double xhat = invstd*xmu;
                             bn_r0 += dy;
-                            bn_r1 += dy*invstd*(-mean + x_v);
+                            bn_r1 += dy*xhat;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -590,8 +592,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
+                            const double xmu = -mean + x_v;
+                            const double xhat = invstd*xmu;
                             bn_r0 += dy;
-                            bn_r1 += dy*invstd*(-mean + x_v);
+                            bn_r1 += dy*xhat;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -622,8 +626,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                 const double mean = bn_lane_mean[j];
                 const double dy = (double)bn_grad_output[j];
                 const double x_v = (double)bn_x[j];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 bn_acc0[j] += dy;
-                bn_acc1[j] += dy*invstd*(-mean + x_v);
+                bn_acc1[j] += dy*xhat;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -659,8 +665,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
+                        const double xmu = -mean + x_v;
+                        const double xhat = invstd*xmu;
                         bn_s0 += dy;
-                        bn_s1 += dy*invstd*(-mean + x_v);
+                        bn_s1 += dy*xhat;
                     }
                     bn_acc0[j] += (double)bn_s0;
                     bn_acc1[j] += (double)bn_s1;
@@ -679,8 +687,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
                         const double mean = bn_lane_mean[j];
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
+                        const double xmu = -mean + x_v;
+                        const double xhat = invstd*xmu;
                         bn_p0[j] += dy;
-                        bn_p1[j] += dy*invstd*(-mean + x_v);
+                        bn_p1[j] += dy*xhat;
                     }
                 }
                 BNSYM_SIMD
@@ -701,8 +711,10 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
             const double mean = p->lane[1 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
+            const double xmu = -mean + x_v;
+            const double xhat = invstd*xmu;
             p->acc[0 * L + j] += (double)(dy);
-            p->acc[1 * L + j] += (double)(dy*invstd*(-mean + x_v));
+            p->acc[1 * L + j] += (double)(dy*xhat);
         }
     }
 }
@@ -983,8 +995,10 @@ static void bnsym_backward_train_f32_strips(const bnsym_backward_train_f32_ctx *
                 const double mean = a->rin[1 * a->C + p->rin_c0 + c];
                 const double dy = (double)bn_grad_output[c];
                 const double x_v = (double)bn_x[c];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 p->bacc[0 * LC + c] += dy;
-                p->bacc[1 * LC + c] += dy*invstd*(-mean + x_v);
+                p->bacc[1 * LC + c] += dy*xhat;
             }
         }
         (void)r;
@@ -1002,8 +1016,10 @@ static void bnsym_backward_train_f32_strips(const bnsym_backward_train_f32_ctx *
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 bn_s0 += dy;
-                bn_s1 += dy*invstd*(-mean + x_v);
+                bn_s1 += dy*xhat;
             }
         }
         p->bacc[0 * LC + c] = bn_s0;
@@ -2238,8 +2254,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                         for (hh = 0; hh < BNSYM_WIDE_ROWS; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
+                            const double xmu = -mean + x_v;
+                            const double xhat = invstd*xmu;
                             bn_r0 += dy;
-                            bn_r1 += dy*invstd*(-mean + x_v);
+                            bn_r1 += dy*xhat;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -2255,8 +2273,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                         for (hh = 0; hh < 1; ++hh) {
                             const double dy = (double)bn_grad_output[hh * qstride + j];
                             const double x_v = (double)bn_x[hh * qstride + j];
+                            const double xmu = -mean + x_v;
+                            const double xhat = invstd*xmu;
                             bn_r0 += dy;
-                            bn_r1 += dy*invstd*(-mean + x_v);
+                            bn_r1 += dy*xhat;
                         }
                         bn_s0[j] += bn_r0;
                         bn_s1[j] += bn_r1;
@@ -2287,8 +2307,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                 const double mean = bn_lane_mean[j];
                 const double dy = (double)bn_grad_output[j];
                 const double x_v = (double)bn_x[j];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 bn_acc0[j] += dy;
-                bn_acc1[j] += dy*invstd*(-mean + x_v);
+                bn_acc1[j] += dy*xhat;
             }
         }
         nq = 0; /* done; only the tail is left */
@@ -2324,8 +2346,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                     for (g = 0; g < 4; ++g) {
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
+                        const double xmu = -mean + x_v;
+                        const double xhat = invstd*xmu;
                         bn_s0 += dy;
-                        bn_s1 += dy*invstd*(-mean + x_v);
+                        bn_s1 += dy*xhat;
                     }
                     bn_acc0[j] += (double)bn_s0;
                     bn_acc1[j] += (double)bn_s1;
@@ -2344,8 +2368,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
                         const double mean = bn_lane_mean[j];
                         const double dy = (double)bn_grad_output[g * qstride + j];
                         const double x_v = (double)bn_x[g * qstride + j];
+                        const double xmu = -mean + x_v;
+                        const double xhat = invstd*xmu;
                         bn_p0[j] += dy;
-                        bn_p1[j] += dy*invstd*(-mean + x_v);
+                        bn_p1[j] += dy*xhat;
                     }
                 }
                 BNSYM_SIMD
@@ -2366,8 +2392,10 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
             const double mean = p->lane[1 * L + j];
             const double dy = (double)bn_grad_output[j];
             const double x_v = (double)bn_x[j];
+            const double xmu = -mean + x_v;
+            const double xhat = invstd*xmu;
             p->acc[0 * L + j] += (double)(dy);
-            p->acc[1 * L + j] += (double)(dy*invstd*(-mean + x_v));
+            p->acc[1 * L + j] += (double)(dy*xhat);
         }
     }
 }
@@ -2458,8 +2486,10 @@ static void bnsym_backward_train_f64_strips(const bnsym_backward_train_f64_ctx *
                 const double mean = a->rin[1 * a->C + p->rin_c0 + c];
                 const double dy = (double)bn_grad_output[c];
                 const double x_v = (double)bn_x[c];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 p->bacc[0 * LC + c] += dy;
-                p->bacc[1 * LC + c] += dy*invstd*(-mean + x_v);
+                p->bacc[1 * LC + c] += dy*xhat;
             }
         }
         (void)r;
@@ -2477,8 +2507,10 @@ static void bnsym_backward_train_f64_strips(const bnsym_backward_train_f64_ctx *
             for (r = 0; r < R; ++r) {
                 const double dy = (double)bn_grad_output[r];
                 const double x_v = (double)bn_x[r];
+                const double xmu = -mean + x_v;
+                const double xhat = invstd*xmu;
                 bn_s0 += dy;
-                bn_s1 += dy*invstd*(-mean + x_v);
+                bn_s1 += dy*xhat;
             }
         }
         p->bacc[0 * LC + c] = bn_s0;

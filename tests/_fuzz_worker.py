@@ -202,8 +202,24 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
                 maxxmu = np.abs(xmu).max(axis=_ax(nd))
             else:
                 maxxmu = np.zeros(C)
-            res["y"] = (y, _cv(rt * (np.abs(g) * invstd * maxxmu + np.abs(bb)), nd))
+            # where y is subnormal the relative part underflows to 0, while the orders in use
+            # differ there by whole subnormal steps (NumPy's and PyTorch's (x - rm)*invstd, then
+            # *weight, +bias; the C kernels' (x - rm)*k, +k0; this reference's xmu*k, +bias)
+            res["y"] = (y, _cv(rt * (np.abs(g) * invstd * maxxmu + np.abs(bb))
+                               + sub_round(dt, np.abs(g) + 4), nd))
     return res
+
+
+def sub_round(dt, n):
+    """Tolerance for ``n`` roundings of results in the subnormal range of ``dt``.
+
+    A result below the smallest normal number is rounded to a multiple of the smallest
+    subnormal: an absolute error of up to half of it, which a relative tolerance does not cover
+    (it underflows to 0 there). ``n`` counts such roundings, each weighted by the factor that
+    later multiplies its error (|weight| for a rounding that is then multiplied by the weight),
+    over the orders of operations that are compared (the code checked and this reference).
+    """
+    return float(np.finfo(dt).smallest_subnormal) * (0.5 * n)  # (half of it first is 0)
 
 
 def ref_backward(dy, x, w, a, b, training, eps, dt):
@@ -229,7 +245,9 @@ def ref_backward(dy, x, w, a, b, training, eps, dt):
         abs_dx = np.abs(t).sum(axis=ax).astype(np.float64)
         abs_d = np.abs(d64).sum(axis=ax)
         racc = rt + 4 * m * U_ACC
-        res["grad_weight"] = (sdx, racc * abs_dx)
+        # each product dy*xhat may round in the subnormal range (m roundings), and the exact sum
+        # once more where it is subnormal (this reference's, in long double, then in double)
+        res["grad_weight"] = (sdx, racc * abs_dx + sub_round(dt, m + 1))
         res["grad_bias"] = (sd, racc * abs_d)
         if training:
             k = _cv(g * invstd, nd)
@@ -237,7 +255,13 @@ def ref_backward(dy, x, w, a, b, training, eps, dt):
             maxd = np.abs(d64).max(axis=ax) if x.size else np.zeros(C)
             maxxh = np.abs(xhat).max(axis=ax) if x.size else np.zeros(C)
             scale = np.abs(g) * invstd * (maxd + abs_d / m + maxxh * abs_dx / m)
-            tol = _cv(racc * scale, nd)
+            # roundings in the subnormal range: at most 6 in each order in use (the kernels'
+            # k0 + kdy*dy + kxhat*(invstd*(x - mean)), NumPy's and this reference's
+            # k*(dy - sum/m - xhat*sum/m)), weighted by at most k*(1 + |sum(dy*xhat)|/m); and
+            # the kernels' coefficient kxhat = -k*sum(dy*xhat)/m, itself subnormal for a
+            # subnormal dy, then multiplied by xhat (up to sqrt(m) with batch statistics)
+            amp = np.abs(g) * invstd * (1 + np.abs(sdx) / m)
+            tol = _cv(racc * scale + sub_round(dt, 6 * (1 + amp) + maxxh), nd)
             # PyTorch's formula can overflow in double where the gradient does not: gamma = 0 and
             # xhat * sum(dy*xhat) / m beyond DBL_MAX give 0 * inf = NaN (and this reference's
             # tolerance 0 * inf). In long double (up to 1e4932) the product is finite: where
@@ -267,7 +291,10 @@ def ref_backward(dy, x, w, a, b, training, eps, dt):
         else:
             gi = d64 * _cv(g * invstd, nd)
             maxd = np.abs(d64).max(axis=ax) if x.size else np.zeros(C)
-            res["grad_input"] = (gi, _cv(rt * np.abs(g) * invstd * maxd, nd))
+            # subnormal roundings: the kernels' dy*k, NumPy's and PyTorch's (dy*weight)*invstd,
+            # this reference's dy*(weight*invstd)
+            res["grad_input"] = (gi, _cv(rt * np.abs(g) * invstd * maxd
+                                         + sub_round(dt, invstd + 3), nd))
     return res
 
 
@@ -836,7 +863,7 @@ def backward_cases(draw):
         "kinds": draw(st.lists(st.sampled_from(SPECIAL_KINDS), min_size=1, max_size=4)),
         "specials": draw(specials()),
         "dy_kinds": draw(st.lists(st.sampled_from(["normal", "normal", "zero", "constant",
-                                                   "huge", "tiny", "offset"]),
+                                                   "huge", "tiny", "offset", "denormal"]),
                                   min_size=1, max_size=3)),
         "dy_specials": draw(specials()),
         "training": draw(st.booleans()),
