@@ -160,6 +160,17 @@ def _float_sum_posts(summands, elem_syms: set, rin_set: set):
     return out
 
 
+def _is_difference(expr, elem_loads: set) -> bool:
+    """Whether ``expr`` is an element value minus a per-channel symbol (``x - mean``)."""
+    if not isinstance(expr, sympy.Add) or len(expr.args) != 2:
+        return False
+    a, b = expr.args
+    for u, v in ((a, b), (b, a)):
+        if u in elem_loads and (-v).is_Symbol and -v not in elem_loads:
+            return True
+    return False
+
+
 def _rebuilt(post) -> bool:
     """Whether a summand's float sum needs rebuilding (a factor or a correction, see
     :func:`_float_sum_posts`)."""
@@ -474,12 +485,19 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
             elem_targets = new_targets
             for lo in los:
                 coef_expr.pop(lo, None)
-    if T == "float" and split:
-        # Collect each (linear) store into per-channel coefficients of its element basis: the
-        # loads and the exact differences x - hi (dx = k0 + kdy*dy + (kxhat*invstd)*(x - hi)):
-        # fewer coefficients to load and fewer products per element. A coefficient that would
-        # leave the float range sends its channel to the double element pass (see below).
-        keep = {d.symbol for d in edefs if d.symbol.name.startswith("bn_h")}
+    # Collect each (linear) store into per-channel coefficients of its element basis: the
+    # loads and the differences x - c of an element value and a per-channel value (float: the
+    # exact x - hi; double: xmu), dx = k0 + kdy*dy + (kxhat*invstd)*xmu, y = (gamma*invstd)*xmu +
+    # beta: fewer coefficients to load and fewer products per element. A coefficient that
+    # would leave the type's range sends its channel to the element pass in the plan's own form
+    # (see below).
+    if T == "float":
+        keep = {d.symbol for d in edefs if d.symbol.name.startswith("bn_h")} if split else set()
+    else:
+        keep = {d.symbol for d in edefs if _is_difference(d.expr, set(elem_load_syms))}
+    collected = None
+    folded_syms: set[sympy.Symbol] = set()  # coefficients the plan did not name (gamma*invstd)
+    if keep:
         basis = set(elem_load_syms) | keep
 
         def inline_keep(expr):
@@ -503,10 +521,13 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
                     names.map[kk] = kk.name
                     coef_expr[kk] = v.xreplace(coef_expr)
                     v = kk
+                    folded_syms.add(kk)
                 terms.append(v if k == 1 else v * k)
             collected.append((name, sympy.Add(*terms)))
-        if collected:
+        if collected and (T == "float" or folded_syms):
             elem_targets = collected
+        else:
+            collected = None  # (double: nothing folded, the plan's form is the only one)
     elem_def_syms_all = {d.symbol for d in edefs}
     needed_edefs = _needed_defs(edefs, [e for _, e in elem_targets])
     e_in: set[sympy.Symbol] = set()
@@ -523,9 +544,11 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     # Float kernels also get the element pass in double (the plan's own element defs, double
     # coefficients), used for a call in which some float coefficient would be out of the
     # float range (|x| ~ 1e30 makes gamma*invstd**3*sum ~ 1e-60): the values are read as float,
-    # computed in double and rounded once when stored.
+    # computed in double and rounded once when stored. Double kernels whose stores were
+    # collected get the plan's own form too, for channels whose collected coefficient leaves
+    # the double range (gamma*invstd ~ 1e-330 for gamma ~ 1e-230 and x ~ 1e100).
     wide = None
-    if T == "float":
+    if T == "float" or collected:
         w_targets = [(st.array, st.expr) for st in plan.element_stores]
         w_in: set[sympy.Symbol] = set()
         w_defs = _needed_defs(plan.element_defs, [e for _, e in w_targets])
@@ -550,14 +573,26 @@ def _kernel_data(plan: KernelPlan, dtype: str, prefix: str) -> dict:
     if wide is not None:
         for s in wide["coef_syms"]:
             chan_targets.append((names(s) + "_d", s))
-        # a float coefficient out of range: finite, nonzero and below 2**-100 or above 2**100
-        big, small = sympy.Float(2.0**100), sympy.Float(2.0**-100)
+        # a coefficient out of range: finite, nonzero and below 2**-100 or above 2**100 (float:
+        # any coefficient, each rounded to float; double: the folded ones, below 2**-1000 or
+        # above 2**1000, where the product has lost bits or the plan's form would not overflow)
+        e = 100 if T == "float" else 1000
+        big, small = sympy.Float(2.0**e), sympy.Float(2.0**-e)
         conds = []
         for s in coef_syms:
+            if T != "float" and s not in folded_syms:
+                continue
             v = coef_expr.get(s, s)
-            conds.append(sympy.And(is_finite(v), sympy.Ne(v, 0),
-                                   sympy.Or(sympy.StrictLessThan(sympy.Abs(v), small),
-                                            sympy.StrictGreaterThan(sympy.Abs(v), big))))
+            out_of_range = sympy.Or(sympy.StrictLessThan(sympy.Abs(v), small),
+                                    sympy.StrictGreaterThan(sympy.Abs(v), big))
+            if T == "float":  # v in double, then rounded to float
+                conds.append(sympy.And(is_finite(v), sympy.Ne(v, 0), out_of_range))
+            else:
+                # the product itself may have underflowed to 0 or overflowed: judged where its
+                # factors are finite and nonzero (else both forms give the same 0, inf or NaN)
+                facs = sorted(_free(v), key=lambda x: x.name)
+                conds.append(sympy.And(*[sympy.And(is_finite(f), sympy.Ne(f, 0)) for f in facs],
+                                       sympy.Or(sympy.Eq(v, 0), sympy.Not(is_finite(v)), out_of_range)))
         chan_targets.append(("bn_wide", sympy.Or(*conds) if conds else sympy.false))
         n_wide = len(wide["coef_syms"])
     red_first = {names(x) for x in red_syms}

@@ -322,7 +322,7 @@ def _plans(d: Derivation) -> list[KernelPlan]:
 
 
 def _train_plans(d: Derivation) -> list[KernelPlan]:
-    g, kb = d.graph, d.kernel_basis
+    g = d.graph
     x, mean, var, invstd = (g.symbol(n) for n in ("x", "mean", "var", "invstd"))
     gamma, beta, xmu = g.symbol("gamma"), g.symbol("beta"), g.symbol("xmu")
     running = running_stat_updates(g)
@@ -334,8 +334,12 @@ def _train_plans(d: Derivation) -> list[KernelPlan]:
     centered = g.inline(var_node.expr)
     if sympy.expand(centered - (mean_node.expr - mean) ** 2) != 0:
         raise ValueError("the variance node is not the centered second moment of the mean node")
-    fb = _PlanBuilder([xmu])
-    y_expr = fb.element("y", kb.rewrite(g.symbol("y")))
+    # the output in the basis xhat (the paper's), as the backward's: y = gamma*xhat + beta, whose
+    # coefficients are of the output's own scale (gamma*invstd is 0 in double for gamma ~ 1e-230
+    # and x ~ 1e100, while y ~ 1e-230); the code generator folds gamma*invstd where it is in range
+    xhat = g.symbol("xhat")
+    fb = _PlanBuilder([xhat])
+    y_expr = fb.element("y", d.paper_basis.rewrite(g.symbol("y")))
     forward = KernelPlan(
         name="forward_train",
         summary="batch statistics, normalize, affine, running-statistics update",
@@ -358,7 +362,7 @@ def _train_plans(d: Derivation) -> list[KernelPlan]:
         channel_stores=[Store("save_mean", mean), Store("save_invstd", invstd),
                         Store("running_mean", running["running_mean"].subs({}), finite_guard=True),
                         Store("running_var", running["running_var"], finite_guard=True)],
-        element_defs=[Assign(xmu, g["xmu"].expr)],
+        element_defs=[Assign(xmu, g["xmu"].expr), Assign(xhat, g["xhat"].expr)],
         element_stores=[Store("y", y_expr)],
         returns_skip_flag=True,
     )
@@ -366,7 +370,6 @@ def _train_plans(d: Derivation) -> list[KernelPlan]:
     # backward: in the basis dy, xhat (the paper's), so that every per-channel coefficient is
     # of the output's own scale: with xmu the coefficient gamma*invstd**3*sum(dy*xmu)/m
     # underflows for inputs of magnitude 1e13 in float32 (1e100 in float64).
-    xhat = g.symbol("xhat")
     bb = _PlanBuilder([dy, xhat])
     grads = {k: d.paper_basis.rewrite(d.adjoints[n].expanded) for k, n in GRADIENTS.items()}
     dx_expr = bb.element("dx", grads["dx"])
@@ -402,8 +405,9 @@ def _eval_plans(d: Derivation) -> list[KernelPlan]:
     loads = [ChannelLoad(gamma, "weight", sympy.Integer(1)), ChannelLoad(rm, "running_mean"),
              ChannelLoad(rv, "running_var")]
 
-    fb = _PlanBuilder([xmu])
-    y_expr = fb.element("y", kb.rewrite(g.symbol("y")))
+    xhat = g.symbol("xhat")
+    fb = _PlanBuilder([xhat])  # as in training: y = gamma*xhat + beta
+    y_expr = fb.element("y", d.paper_basis.rewrite(g.symbol("y")))
     forward = KernelPlan(
         name="forward_eval",
         summary="inference: a per-channel affine map with the running statistics",
@@ -414,7 +418,7 @@ def _eval_plans(d: Derivation) -> list[KernelPlan]:
         channel_loads=loads[:1] + [ChannelLoad(beta, "bias", sympy.Integer(0))] + loads[1:],
         element_loads=[ElementLoad(x, "x")],
         channel_defs=_channel_defs_for(g, ["invstd"]) + fb.channel_defs,
-        element_defs=[Assign(xmu, g["xmu"].expr)],
+        element_defs=[Assign(xmu, g["xmu"].expr), Assign(xhat, g["xhat"].expr)],
         element_stores=[Store("y", y_expr)],
     )
 

@@ -1342,8 +1342,8 @@ static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32
 {
     int64_t j0;
     if (wide) {
-        /* row by row: channels with a float coefficient out of range in double, the others as
-         * below (same operations, same results) */
+        /* row by row: channels with a float coefficient out of range in double, the
+         * others as below (same operations, same results) */
         const int64_t C = a->C;
         for (j0 = 0; j0 < len; j0 += C) {
             int64_t j;

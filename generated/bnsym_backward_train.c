@@ -1433,8 +1433,8 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
 {
     int64_t j0;
     if (wide) {
-        /* row by row: channels with a float coefficient out of range in double, the others as
-         * below (same operations, same results) */
+        /* row by row: channels with a float coefficient out of range in double, the
+         * others as below (same operations, same results) */
         const int64_t C = a->C;
         for (j0 = 0; j0 < len; j0 += C) {
             int64_t j;
@@ -2112,9 +2112,11 @@ typedef struct {
     double *rin;   /* reduction inputs per channel, [2][C] */
     double *red;   /* reduction results per channel, [2][C] */
     double *guard; /* finite-guarded stores, written last, [0][C] */
-    double *coef; /* element-pass coefficients, [5][C] */
+    double *coef; /* element-pass coefficients, [4][C] */
     int stream;    /* the element pass streams its outputs (bnsym_backward_train_f64_streams) */
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
+    double *coefd; /* coefficients of the element pass in double, [5][C] */
+    double *wflag; /* per channel: a folded coefficient is out of range, [C] */
 } bnsym_backward_train_f64_ctx;
 
 /* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
@@ -2205,17 +2207,35 @@ static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx
         const double ct1 = ct0/m;
         const double dx_k_dy = ct0;
         const double dx_k_xhat = -sum_dy_xhat*ct1;
+        const double ct2 = dx_k_xhat*invstd;
+        const double ct3 = fabs(dx_k_xhat)*invstd;
         const double dx_k0 = -sum_dy*ct1;
         if (a->grad_weight != NULL)
             a->grad_weight[c] = (double)(sum_dy_xhat);
         if (a->grad_bias != NULL)
             a->grad_bias[c] = (double)(sum_dy);
-        a->coef[0 * a->C + c] = (double)(dx_k0);
-        a->coef[1 * a->C + c] = (double)(dx_k_dy);
-        a->coef[2 * a->C + c] = (double)(dx_k_xhat);
-        a->coef[3 * a->C + c] = (double)(invstd);
-        a->coef[4 * a->C + c] = (double)(mean);
+        a->coef[0 * a->C + c] = (double)(ct2);
+        a->coef[1 * a->C + c] = (double)(dx_k0);
+        a->coef[2 * a->C + c] = (double)(dx_k_dy);
+        a->coef[3 * a->C + c] = (double)(mean);
+        a->coefd[0 * a->C + c] = dx_k0;
+        a->coefd[1 * a->C + c] = dx_k_dy;
+        a->coefd[2 * a->C + c] = dx_k_xhat;
+        a->coefd[3 * a->C + c] = invstd;
+        a->coefd[4 * a->C + c] = mean;
+        a->wflag[c] = ((isfinite(dx_k_xhat)) && (isfinite(invstd)) && (dx_k_xhat != 0) && ((ct3 > 1.0715086071862673e+301) || (ct3 < 9.3326361850321888e-302) || (ct2 == 0) || (!isfinite(ct2)))) ? 1.0 : 0.0;
     }
+}
+
+/* Whether some channel's folded coefficient is out of range (below 2**-1000 or above 2**1000):
+ * the element pass then takes the plan's form for that channel. */
+static int bnsym_backward_train_f64_needs_wide(const bnsym_backward_train_f64_ctx *a)
+{
+    int64_t c;
+    for (c = 0; c < a->C; ++c)
+        if (a->wflag[c] != 0.0)
+            return 1;
+    return 0;
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
@@ -2687,11 +2707,10 @@ static __attribute__((noinline)) void bnsym_backward_train_f64_elements_ncs_stre
     const int64_t vn = BNSYM_VBYTES / (int64_t)sizeof(double);
     const int64_t jv = bnsym_backward_train_f64_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
     int64_t j, k;
-    const double dx_k0_t = a->coef[0 * a->C + c];
-    const double dx_k_dy_t = a->coef[1 * a->C + c];
-    const double dx_k_xhat_t = a->coef[2 * a->C + c];
-    const double invstd_t = a->coef[3 * a->C + c];
-    const double mean_t = a->coef[4 * a->C + c];
+    const double bn_grad_input_k0_2_t = a->coef[0 * a->C + c];
+    const double dx_k0_t = a->coef[1 * a->C + c];
+    const double dx_k_dy_t = a->coef[2 * a->C + c];
+    const double mean_t = a->coef[3 * a->C + c];
     const double *bn_grad_output = a->grad_output + off;
     const double *bn_x = a->x + off;
     double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
@@ -2699,8 +2718,7 @@ static __attribute__((noinline)) void bnsym_backward_train_f64_elements_ncs_stre
         const bnsym_v_double dy = bnsym_vload_double(bn_grad_output + j);
         const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
         const bnsym_v_double xmu = -mean_t + x_v;
-        const bnsym_v_double xhat = invstd_t*xmu;
-        bnsym_vstream_double(bn_grad_input + j, dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat);
+        bnsym_vstream_double(bn_grad_input + j, bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy);
     }
     for (k = 0; k < 2; ++k) {
         const int64_t j1 = k ? len : jv;
@@ -2708,8 +2726,7 @@ static __attribute__((noinline)) void bnsym_backward_train_f64_elements_ncs_stre
             const double dy = bn_grad_output[j];
             const double x_v = bn_x[j];
             const double xmu = -mean_t + x_v;
-            const double xhat = invstd_t*xmu;
-            bnsym_sstream_double(bn_grad_input + j, dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat);
+            bnsym_sstream_double(bn_grad_input + j, bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy);
         }
     }
 }
@@ -2719,17 +2736,36 @@ static __attribute__((noinline)) void bnsym_backward_train_f64_elements_ncs_stre
 static inline void bnsym_backward_train_f64_elements_ncs(const bnsym_backward_train_f64_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
+    if (a->wflag[c] != 0.0) {
+        /* in the plan's form: a folded coefficient of this channel is out of range */
+        const double dx_k0_d = a->coefd[0 * a->C + c];
+        const double dx_k_dy_d = a->coefd[1 * a->C + c];
+        const double dx_k_xhat_d = a->coefd[2 * a->C + c];
+        const double invstd_d = a->coefd[3 * a->C + c];
+        const double mean_d = a->coefd[4 * a->C + c];
+        const double *bn_grad_output = a->grad_output + off;
+        const double *bn_x = a->x + off;
+        double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
+        BNSYM_SIMD
+        for (j = 0; j < len; ++j) {
+            const double dy = (double)bn_grad_output[j];
+            const double x_v = (double)bn_x[j];
+            const double xmu = -mean_d + x_v;
+            const double xhat = invstd_d*xmu;
+            bn_grad_input[j] = (double)(dx_k0_d + dx_k_dy_d*dy + dx_k_xhat_d*xhat);
+        }
+        return;
+    }
 #if BNSYM_STREAM
     if (a->stream) {
         bnsym_backward_train_f64_elements_ncs_stream(a, c, off, len);
         return;
     }
 #endif
-    const double dx_k0_t = a->coef[0 * a->C + c];
-    const double dx_k_dy_t = a->coef[1 * a->C + c];
-    const double dx_k_xhat_t = a->coef[2 * a->C + c];
-    const double invstd_t = a->coef[3 * a->C + c];
-    const double mean_t = a->coef[4 * a->C + c];
+    const double bn_grad_input_k0_2_t = a->coef[0 * a->C + c];
+    const double dx_k0_t = a->coef[1 * a->C + c];
+    const double dx_k_dy_t = a->coef[2 * a->C + c];
+    const double mean_t = a->coef[3 * a->C + c];
     const double *bn_grad_output = a->grad_output + off;
     const double *bn_x = a->x + off;
     double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off : NULL;
@@ -2738,8 +2774,7 @@ static inline void bnsym_backward_train_f64_elements_ncs(const bnsym_backward_tr
         const double dy = bn_grad_output[j];
         const double x_v = bn_x[j];
         const double xmu = -mean_t + x_v;
-        const double xhat = invstd_t*xmu;
-        bn_grad_input[j] = dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat;
+        bn_grad_input[j] = bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy;
     }
 }
 
@@ -2774,13 +2809,6 @@ static void bnsym_backward_train_f64_coef_lanes(const bnsym_backward_train_f64_c
             {
                 const double bn_v = a->coef[3 * a->C + c0 + c];
                 double *bn_l = lanes + 3 * L + u + c * R;
-                BNSYM_SIMD
-                for (r = 0; r < R; ++r)
-                    bn_l[r] = bn_v;
-            }
-            {
-                const double bn_v = a->coef[4 * a->C + c0 + c];
-                double *bn_l = lanes + 4 * L + u + c * R;
                 BNSYM_SIMD
                 for (r = 0; r < R; ++r)
                     bn_l[r] = bn_v;
@@ -2823,29 +2851,55 @@ static void bnsym_backward_train_f64_coef_rows(const bnsym_backward_train_f64_ct
             for (c = c0; c < c1; ++c)
                 bn_l[c] = bn_c[c];
         }
-        {
-            const double *bn_c = a->coef + 4 * C;
-            double *bn_l = lanes + 4 * L + u;
-            BNSYM_SIMD
-            for (c = c0; c < c1; ++c)
-                bn_l[c] = bn_c[c];
-        }
     }
 }
 
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
- * coefficients are out of the array type's range (bnsym_backward_train_f64_needs_wide; never here). */
+ * coefficients are out of the array type's range (bnsym_backward_train_f64_needs_wide). */
 static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L,
     int wide)
 {
     int64_t j0;
-    (void)wide;
-    const double *bn_lane_dx_k0 = lanes + 0 * L;
-    const double *bn_lane_dx_k_dy = lanes + 1 * L;
-    const double *bn_lane_dx_k_xhat = lanes + 2 * L;
-    const double *bn_lane_invstd = lanes + 3 * L;
-    const double *bn_lane_mean = lanes + 4 * L;
+    if (wide) {
+        /* row by row: channels with a folded coefficient out of range in the plan's form, the
+         * others as below (same operations, same results) */
+        const int64_t C = a->C;
+        for (j0 = 0; j0 < len; j0 += C) {
+            int64_t j;
+            const double *bn_grad_output = a->grad_output + off + j0;
+            const double *bn_x = a->x + off + j0;
+            double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
+            for (j = 0; j < C; ++j) {
+                if (a->wflag[j] != 0.0) {
+                    const double dx_k0_d = a->coefd[0 * C + j];
+                    const double dx_k_dy_d = a->coefd[1 * C + j];
+                    const double dx_k_xhat_d = a->coefd[2 * C + j];
+                    const double invstd_d = a->coefd[3 * C + j];
+                    const double mean_d = a->coefd[4 * C + j];
+                    const double dy = (double)bn_grad_output[j];
+                    const double x_v = (double)bn_x[j];
+                    const double xmu = -mean_d + x_v;
+                    const double xhat = invstd_d*xmu;
+                    bn_grad_input[j] = (double)(dx_k0_d + dx_k_dy_d*dy + dx_k_xhat_d*xhat);
+                } else {
+                    const double bn_grad_input_k0_2_t = a->coef[0 * C + j];
+                    const double dx_k0_t = a->coef[1 * C + j];
+                    const double dx_k_dy_t = a->coef[2 * C + j];
+                    const double mean_t = a->coef[3 * C + j];
+                    const double dy = bn_grad_output[j];
+                    const double x_v = bn_x[j];
+                    const double xmu = -mean_t + x_v;
+                    bn_grad_input[j] = bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy;
+                }
+            }
+        }
+        return;
+    }
+    const double *bn_lane_bn_grad_input_k0_2 = lanes + 0 * L;
+    const double *bn_lane_dx_k0 = lanes + 1 * L;
+    const double *bn_lane_dx_k_dy = lanes + 2 * L;
+    const double *bn_lane_mean = lanes + 3 * L;
 #if BNSYM_STREAM
     if (a->stream) {
         /* streaming stores over the whole range: whole vectors from the first aligned value (their
@@ -2856,10 +2910,9 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
         /* with L a multiple of vn, the wrapping vector of every chunk of L values has the same lanes */
         const int fixed = L % vn == 0;
         int64_t j = jv, k, lo = jv % L;
+        const bnsym_v_double bn_grad_input_k0_2_t_w = bnsym_vlane_double(bn_lane_bn_grad_input_k0_2, fixed ? L - vn + lo % vn : lo, L);
         const bnsym_v_double dx_k0_t_w = bnsym_vlane_double(bn_lane_dx_k0, fixed ? L - vn + lo % vn : lo, L);
         const bnsym_v_double dx_k_dy_t_w = bnsym_vlane_double(bn_lane_dx_k_dy, fixed ? L - vn + lo % vn : lo, L);
-        const bnsym_v_double dx_k_xhat_t_w = bnsym_vlane_double(bn_lane_dx_k_xhat, fixed ? L - vn + lo % vn : lo, L);
-        const bnsym_v_double invstd_t_w = bnsym_vlane_double(bn_lane_invstd, fixed ? L - vn + lo % vn : lo, L);
         const bnsym_v_double mean_t_w = bnsym_vlane_double(bn_lane_mean, fixed ? L - vn + lo % vn : lo, L);
         const double *bn_grad_output = a->grad_output + off;
         const double *bn_x = a->x + off;
@@ -2868,30 +2921,26 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
             /* the vectors inside this chunk, then the one that wraps around to lane 0 */
             const int64_t jw = j + (L - lo) / vn * vn, j1 = (jw < je) ? jw : je;
             for (; j < j1; j += vn, lo += vn) {
+                const bnsym_v_double bn_grad_input_k0_2_t = bnsym_vload_double(bn_lane_bn_grad_input_k0_2 + lo);
                 const bnsym_v_double dx_k0_t = bnsym_vload_double(bn_lane_dx_k0 + lo);
                 const bnsym_v_double dx_k_dy_t = bnsym_vload_double(bn_lane_dx_k_dy + lo);
-                const bnsym_v_double dx_k_xhat_t = bnsym_vload_double(bn_lane_dx_k_xhat + lo);
-                const bnsym_v_double invstd_t = bnsym_vload_double(bn_lane_invstd + lo);
                 const bnsym_v_double mean_t = bnsym_vload_double(bn_lane_mean + lo);
                 const bnsym_v_double dy = bnsym_vload_double(bn_grad_output + j);
                 const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
                 const bnsym_v_double xmu = -mean_t + x_v;
-                const bnsym_v_double xhat = invstd_t*xmu;
-                bnsym_vstream_double(bn_grad_input + j, dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat);
+                bnsym_vstream_double(bn_grad_input + j, bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy);
             }
             while (lo >= L)
                 lo -= L;
             if (j < je && lo + vn > L) {
+                const bnsym_v_double bn_grad_input_k0_2_t = fixed ? bn_grad_input_k0_2_t_w : bnsym_vlane_double(bn_lane_bn_grad_input_k0_2, lo, L);
                 const bnsym_v_double dx_k0_t = fixed ? dx_k0_t_w : bnsym_vlane_double(bn_lane_dx_k0, lo, L);
                 const bnsym_v_double dx_k_dy_t = fixed ? dx_k_dy_t_w : bnsym_vlane_double(bn_lane_dx_k_dy, lo, L);
-                const bnsym_v_double dx_k_xhat_t = fixed ? dx_k_xhat_t_w : bnsym_vlane_double(bn_lane_dx_k_xhat, lo, L);
-                const bnsym_v_double invstd_t = fixed ? invstd_t_w : bnsym_vlane_double(bn_lane_invstd, lo, L);
                 const bnsym_v_double mean_t = fixed ? mean_t_w : bnsym_vlane_double(bn_lane_mean, lo, L);
                 const bnsym_v_double dy = bnsym_vload_double(bn_grad_output + j);
                 const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
                 const bnsym_v_double xmu = -mean_t + x_v;
-                const bnsym_v_double xhat = invstd_t*xmu;
-                bnsym_vstream_double(bn_grad_input + j, dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat);
+                bnsym_vstream_double(bn_grad_input + j, bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy);
                 j += vn;
                 lo += vn;
                 while (lo >= L)
@@ -2901,16 +2950,14 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
         for (k = 0; k < 2; ++k) {
             const int64_t j1 = k ? len : jv;
             for (j = k ? je : 0; j < j1; ++j) {
+                const double bn_grad_input_k0_2_t = bn_lane_bn_grad_input_k0_2[j % L];
                 const double dx_k0_t = bn_lane_dx_k0[j % L];
                 const double dx_k_dy_t = bn_lane_dx_k_dy[j % L];
-                const double dx_k_xhat_t = bn_lane_dx_k_xhat[j % L];
-                const double invstd_t = bn_lane_invstd[j % L];
                 const double mean_t = bn_lane_mean[j % L];
                 const double dy = bn_grad_output[j];
                 const double x_v = bn_x[j];
                 const double xmu = -mean_t + x_v;
-                const double xhat = invstd_t*xmu;
-                bnsym_sstream_double(bn_grad_input + j, dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat);
+                bnsym_sstream_double(bn_grad_input + j, bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy);
             }
         }
         return;
@@ -2924,16 +2971,14 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
         double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
+            const double bn_grad_input_k0_2_t = bn_lane_bn_grad_input_k0_2[j];
             const double dx_k0_t = bn_lane_dx_k0[j];
             const double dx_k_dy_t = bn_lane_dx_k_dy[j];
-            const double dx_k_xhat_t = bn_lane_dx_k_xhat[j];
-            const double invstd_t = bn_lane_invstd[j];
             const double mean_t = bn_lane_mean[j];
             const double dy = bn_grad_output[j];
             const double x_v = bn_x[j];
             const double xmu = -mean_t + x_v;
-            const double xhat = invstd_t*xmu;
-            bn_grad_input[j] = dx_k0_t + dx_k_dy_t*dy + dx_k_xhat_t*xhat;
+            bn_grad_input[j] = bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy;
         }
     }
 }
@@ -2958,7 +3003,7 @@ typedef struct {
     int64_t units, ng, Cg, RBn, nsb, sb;
     int64_t units_e, RBe;   /* the element pass's units: blocks of RBe samples when grouped */
     int grouped, need_red, need_elem, cmaj;
-    double *glanes;      /* [nt][5][Cg * S] per-thread coefficient lanes of a channel group */
+    double *glanes;      /* [nt][4][Cg * S] per-thread coefficient lanes of a channel group */
     int chan_lanes;
     int64_t L, LC;
     size_t csz, wsz;
@@ -3030,13 +3075,17 @@ static void bnsym_backward_train_f64_ncs_part(const bnsym_backward_train_f64_ncs
     }
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        /* some channel's element pass runs in double (every flag is set: after the barrier, or
+         * before the team; channel blocks read only their own flags) */
+        const int wide = bnsym_backward_train_f64_needs_wide(a);
         for (u = e0; u < e1; ++u) {
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
-                if (S >= BNSYM_ELEM_LANES_S) {
-                    /* strip by strip (strips long enough for a vector loop) */
+                if (wide || S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop, or some channels
+                     * in double) */
                     int64_t cc;
                     for (n = n0; n < n1; ++n)
                         for (cc = c0; cc < c1; ++cc)
@@ -3044,10 +3093,10 @@ static void bnsym_backward_train_f64_ncs_part(const bnsym_backward_train_f64_ncs
                 } else {
                     /* very short strips: the group's strips of a sample as one row of
                      * (c1 - c0) * S lanes */
-                    double *lanes = p->glanes + (size_t)tid * 5 * (size_t)(Cg * S);
+                    double *lanes = p->glanes + (size_t)tid * 4 * (size_t)(Cg * S);
                     bnsym_backward_train_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_backward_train_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, 0);
+                        bnsym_backward_train_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, wide);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -3091,7 +3140,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
     bnsym_backward_train_f64_state *st = NULL;
     bnsym_backward_train_f64_scratch *sc = NULL;
     if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
-        glanes = (double *)bnsym_alloc((size_t)nt * 5 * (size_t)(Cg * S), sizeof(double));
+        glanes = (double *)bnsym_alloc((size_t)nt * 4 * (size_t)(Cg * S), sizeof(double));
         if (glanes == NULL)
             return -1;
     }
@@ -3159,7 +3208,7 @@ static int bnsym_backward_train_f64_run_ncs(bnsym_backward_train_f64_ctx *a, int
 /* What a thread of bnsym_backward_train_f64_run_rows needs, shared by all of them. */
 typedef struct {
     bnsym_backward_train_f64_ctx *a;
-    double *lanes; /* [5][Le] element-pass coefficients, Le / C rows side by side */
+    double *lanes; /* [4][Le] element-pass coefficients, Le / C rows side by side */
     int64_t R, Le;
     int need_red, need_elem;
     int64_t L, RB;
@@ -3195,7 +3244,7 @@ static void bnsym_backward_train_f64_rows_part(const bnsym_backward_train_f64_ro
         BNSYM_BARRIER(nthr);
     }
     if (p->need_elem)
-        bnsym_backward_train_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, 0);
+        bnsym_backward_train_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, bnsym_backward_train_f64_needs_wide(a));
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -3232,7 +3281,7 @@ static int bnsym_backward_train_f64_run_rows(bnsym_backward_train_f64_ctx *a, in
         bnsym_backward_train_f64_reduction_inputs(a);
     }
     if (need_elem) {
-        lanes = (double *)bnsym_alloc((size_t)5 * (size_t)Le, sizeof(double));
+        lanes = (double *)bnsym_alloc((size_t)4 * (size_t)Le, sizeof(double));
         if (lanes == NULL) {
             bnsym_free(wbuf);
             bnsym_free(st);
@@ -3288,7 +3337,7 @@ static int bnsym_backward_train_f64_run_small(bnsym_backward_train_f64_ctx *a, i
     const size_t wsz = need_red ? bnsym_backward_train_f64_work_size(C, L, C) : 0;
     /* the workspace, then (rows) the element pass's coefficient lanes */
     double *buf = (double *)bnsym_alloc(wsz + (rows && need_elem
-        ? ((size_t)5 * (size_t)C * sizeof(double) + 7) / 8 : 0), sizeof(double));
+        ? ((size_t)4 * (size_t)C * sizeof(double) + 7) / 8 : 0), sizeof(double));
     int64_t n, c;
     if (buf == NULL)
         return -1;
@@ -3311,7 +3360,7 @@ static int bnsym_backward_train_f64_run_small(bnsym_backward_train_f64_ctx *a, i
         if (rows) {
             double *lanes = (double *)(buf + wsz);
             bnsym_backward_train_f64_coef_rows(a, lanes, C, 0, C);
-            bnsym_backward_train_f64_elements_lanes(a, lanes, 0, N * S * C, C, 0);
+            bnsym_backward_train_f64_elements_lanes(a, lanes, 0, N * S * C, C, bnsym_backward_train_f64_needs_wide(a));
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)
@@ -3379,13 +3428,15 @@ int bnsym_backward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(2 + 2 + 0) * (size_t)C;
-    ctx.rin = (double *)bnsym_alloc(nd + ((size_t)5 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
+    nd = (size_t)(2 + 2 + 0 + 5 + 1) * (size_t)C;
+    ctx.rin = (double *)bnsym_alloc(nd + ((size_t)4 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 2 * C;
     ctx.guard = ctx.red + 2 * C;
+    ctx.coefd = ctx.guard + 0 * C;
+    ctx.wflag = ctx.coefd + 5 * C;
     ctx.stream = bnsym_backward_train_f64_streams(&ctx);
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_backward_train_f64_run_small(&ctx, S == 1);
@@ -3450,13 +3501,15 @@ int bnsym_backward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
     ctx.grad_bias = grad_bias;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(2 + 2 + 0) * (size_t)C;
-    ctx.rin = (double *)bnsym_alloc(nd + ((size_t)5 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
+    nd = (size_t)(2 + 2 + 0 + 5 + 1) * (size_t)C;
+    ctx.rin = (double *)bnsym_alloc(nd + ((size_t)4 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 2 * C;
     ctx.guard = ctx.red + 2 * C;
+    ctx.coefd = ctx.guard + 0 * C;
+    ctx.wflag = ctx.coefd + 5 * C;
     ctx.stream = bnsym_backward_train_f64_streams(&ctx);
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_backward_train_f64_run_small(&ctx, 1);

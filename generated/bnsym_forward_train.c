@@ -402,7 +402,7 @@ typedef struct {
     int stream;    /* the element pass streams its outputs (bnsym_forward_train_f32_streams) */
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
     int row_tiles; /* the float pass sums rows in tiles, never row by row (BNSYM_ROW_TILE_BYTES) */
-    double *coefd; /* coefficients of the element pass in double, [3][C] */
+    double *coefd; /* coefficients of the element pass in double, [4][C] */
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
 } bnsym_forward_train_f32_ctx;
 
@@ -490,12 +490,12 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         const double momentum = a->momentum;
         const double m = a->m;
         const double ct0 = 1 - momentum;
-        const double ct2 = fabs(mean);
+        const double ct3 = fabs(mean);
         const double invstd = 1.0/sqrt(eps + var);
-        const double y_k_xmu = gamma_v*invstd;
-        const double ct1 = beta - (mean - (double)(float)(mean))*y_k_xmu;
-        const double ct3 = fabs(y_k_xmu);
-        const double ct4 = fabs(ct1);
+        const double ct1 = gamma_v*invstd;
+        const double ct2 = beta - (mean - (double)(float)(mean))*ct1;
+        const double ct4 = fabs(gamma_v)*invstd;
+        const double ct5 = fabs(ct2);
         if (a->save_mean != NULL)
             a->save_mean[c] = (float)(mean);
         if (a->save_invstd != NULL)
@@ -503,12 +503,13 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
         a->guard[1 * a->C + c] = ct0*running_var_v + var*m*momentum/(m - 1); /* -> running_var[c] */
         a->coef[0 * a->C + c] = (float)(mean);
-        a->coef[1 * a->C + c] = (float)(ct1);
-        a->coef[2 * a->C + c] = (float)(y_k_xmu);
+        a->coef[1 * a->C + c] = (float)(ct2);
+        a->coef[2 * a->C + c] = (float)(ct1);
         a->coefd[0 * a->C + c] = beta;
-        a->coefd[1 * a->C + c] = mean;
-        a->coefd[2 * a->C + c] = y_k_xmu;
-        a->wflag[c] = (((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31))) || ((isfinite(y_k_xmu)) && (y_k_xmu != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        a->coefd[1 * a->C + c] = gamma_v;
+        a->coefd[2 * a->C + c] = invstd;
+        a->coefd[3 * a->C + c] = mean;
+        a->wflag[c] = (((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(ct2)) && (ct2 != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
     }
 }
 
@@ -1325,20 +1326,20 @@ static __attribute__((noinline)) void bnsym_forward_train_f32_elements_ncs_strea
     int64_t j, k;
     const float bn_mean_hi_t = a->coef[0 * a->C + c];
     const float bn_y_k0_t = a->coef[1 * a->C + c];
-    const float y_k_xmu_t = a->coef[2 * a->C + c];
+    const float bn_y_k0_1_t = a->coef[2 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     for (j = jv; j < je; j += vn) {
         const bnsym_v_float x_v = bnsym_vload_float(bn_x + j);
         const bnsym_v_float bn_h0 = -bn_mean_hi_t + x_v;
-        bnsym_vstream_float(bn_y + j, bn_h0*y_k_xmu_t + bn_y_k0_t);
+        bnsym_vstream_float(bn_y + j, bn_h0*bn_y_k0_1_t + bn_y_k0_t);
     }
     for (k = 0; k < 2; ++k) {
         const int64_t j1 = k ? len : jv;
         for (j = k ? je : 0; j < j1; ++j) {
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_mean_hi_t + x_v;
-            bnsym_sstream_float(bn_y + j, bn_h0*y_k_xmu_t + bn_y_k0_t);
+            bnsym_sstream_float(bn_y + j, bn_h0*bn_y_k0_1_t + bn_y_k0_t);
         }
     }
 }
@@ -1351,15 +1352,17 @@ static inline void bnsym_forward_train_f32_elements_ncs(const bnsym_forward_trai
     if (a->wflag[c] != 0.0) {
         /* in double: a float coefficient of this channel is out of range */
         const double beta_d = a->coefd[0 * a->C + c];
-        const double mean_d = a->coefd[1 * a->C + c];
-        const double y_k_xmu_d = a->coefd[2 * a->C + c];
+        const double gamma_v_d = a->coefd[1 * a->C + c];
+        const double invstd_d = a->coefd[2 * a->C + c];
+        const double mean_d = a->coefd[3 * a->C + c];
         const float *bn_x = a->x + off;
         float *bn_y = a->y + off;
         BNSYM_SIMD
         for (j = 0; j < len; ++j) {
             const double x_v = (double)bn_x[j];
             const double xmu = -mean_d + x_v;
-            bn_y[j] = (float)(beta_d + xmu*y_k_xmu_d);
+            const double xhat = invstd_d*xmu;
+            bn_y[j] = (float)(beta_d + gamma_v_d*xhat);
         }
         return;
     }
@@ -1371,14 +1374,14 @@ static inline void bnsym_forward_train_f32_elements_ncs(const bnsym_forward_trai
 #endif
     const float bn_mean_hi_t = a->coef[0 * a->C + c];
     const float bn_y_k0_t = a->coef[1 * a->C + c];
-    const float y_k_xmu_t = a->coef[2 * a->C + c];
+    const float bn_y_k0_1_t = a->coef[2 * a->C + c];
     const float *bn_x = a->x + off;
     float *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const float x_v = bn_x[j];
         const float bn_h0 = -bn_mean_hi_t + x_v;
-        bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
+        bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
     }
 }
 
@@ -1452,8 +1455,8 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
 {
     int64_t j0;
     if (wide) {
-        /* row by row: channels with a float coefficient out of range in double, the others as
-         * below (same operations, same results) */
+        /* row by row: channels with a float coefficient out of range in double, the
+         * others as below (same operations, same results) */
         const int64_t C = a->C;
         for (j0 = 0; j0 < len; j0 += C) {
             int64_t j;
@@ -1462,18 +1465,20 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
             for (j = 0; j < C; ++j) {
                 if (a->wflag[j] != 0.0) {
                     const double beta_d = a->coefd[0 * C + j];
-                    const double mean_d = a->coefd[1 * C + j];
-                    const double y_k_xmu_d = a->coefd[2 * C + j];
+                    const double gamma_v_d = a->coefd[1 * C + j];
+                    const double invstd_d = a->coefd[2 * C + j];
+                    const double mean_d = a->coefd[3 * C + j];
                     const double x_v = (double)bn_x[j];
                     const double xmu = -mean_d + x_v;
-                    bn_y[j] = (float)(beta_d + xmu*y_k_xmu_d);
+                    const double xhat = invstd_d*xmu;
+                    bn_y[j] = (float)(beta_d + gamma_v_d*xhat);
                 } else {
                     const float bn_mean_hi_t = a->coef[0 * C + j];
                     const float bn_y_k0_t = a->coef[1 * C + j];
-                    const float y_k_xmu_t = a->coef[2 * C + j];
+                    const float bn_y_k0_1_t = a->coef[2 * C + j];
                     const float x_v = bn_x[j];
                     const float bn_h0 = -bn_mean_hi_t + x_v;
-                    bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
+                    bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
                 }
             }
         }
@@ -1481,7 +1486,7 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
     }
     const float *bn_lane_bn_mean_hi = lanes + 0 * L;
     const float *bn_lane_bn_y_k0 = lanes + 1 * L;
-    const float *bn_lane_y_k_xmu = lanes + 2 * L;
+    const float *bn_lane_bn_y_k0_1 = lanes + 2 * L;
 #if BNSYM_STREAM
     if (a->stream) {
         /* streaming stores over the whole range: whole vectors from the first aligned value (their
@@ -1494,7 +1499,7 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
         int64_t j = jv, k, lo = jv % L;
         const bnsym_v_float bn_mean_hi_t_w = bnsym_vlane_float(bn_lane_bn_mean_hi, fixed ? L - vn + lo % vn : lo, L);
         const bnsym_v_float bn_y_k0_t_w = bnsym_vlane_float(bn_lane_bn_y_k0, fixed ? L - vn + lo % vn : lo, L);
-        const bnsym_v_float y_k_xmu_t_w = bnsym_vlane_float(bn_lane_y_k_xmu, fixed ? L - vn + lo % vn : lo, L);
+        const bnsym_v_float bn_y_k0_1_t_w = bnsym_vlane_float(bn_lane_bn_y_k0_1, fixed ? L - vn + lo % vn : lo, L);
         const float *bn_x = a->x + off;
         float *bn_y = a->y + off;
         while (j < je) {
@@ -1503,20 +1508,20 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
             for (; j < j1; j += vn, lo += vn) {
                 const bnsym_v_float bn_mean_hi_t = bnsym_vload_float(bn_lane_bn_mean_hi + lo);
                 const bnsym_v_float bn_y_k0_t = bnsym_vload_float(bn_lane_bn_y_k0 + lo);
-                const bnsym_v_float y_k_xmu_t = bnsym_vload_float(bn_lane_y_k_xmu + lo);
+                const bnsym_v_float bn_y_k0_1_t = bnsym_vload_float(bn_lane_bn_y_k0_1 + lo);
                 const bnsym_v_float x_v = bnsym_vload_float(bn_x + j);
                 const bnsym_v_float bn_h0 = -bn_mean_hi_t + x_v;
-                bnsym_vstream_float(bn_y + j, bn_h0*y_k_xmu_t + bn_y_k0_t);
+                bnsym_vstream_float(bn_y + j, bn_h0*bn_y_k0_1_t + bn_y_k0_t);
             }
             while (lo >= L)
                 lo -= L;
             if (j < je && lo + vn > L) {
                 const bnsym_v_float bn_mean_hi_t = fixed ? bn_mean_hi_t_w : bnsym_vlane_float(bn_lane_bn_mean_hi, lo, L);
                 const bnsym_v_float bn_y_k0_t = fixed ? bn_y_k0_t_w : bnsym_vlane_float(bn_lane_bn_y_k0, lo, L);
-                const bnsym_v_float y_k_xmu_t = fixed ? y_k_xmu_t_w : bnsym_vlane_float(bn_lane_y_k_xmu, lo, L);
+                const bnsym_v_float bn_y_k0_1_t = fixed ? bn_y_k0_1_t_w : bnsym_vlane_float(bn_lane_bn_y_k0_1, lo, L);
                 const bnsym_v_float x_v = bnsym_vload_float(bn_x + j);
                 const bnsym_v_float bn_h0 = -bn_mean_hi_t + x_v;
-                bnsym_vstream_float(bn_y + j, bn_h0*y_k_xmu_t + bn_y_k0_t);
+                bnsym_vstream_float(bn_y + j, bn_h0*bn_y_k0_1_t + bn_y_k0_t);
                 j += vn;
                 lo += vn;
                 while (lo >= L)
@@ -1528,10 +1533,10 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
             for (j = k ? je : 0; j < j1; ++j) {
                 const float bn_mean_hi_t = bn_lane_bn_mean_hi[j % L];
                 const float bn_y_k0_t = bn_lane_bn_y_k0[j % L];
-                const float y_k_xmu_t = bn_lane_y_k_xmu[j % L];
+                const float bn_y_k0_1_t = bn_lane_bn_y_k0_1[j % L];
                 const float x_v = bn_x[j];
                 const float bn_h0 = -bn_mean_hi_t + x_v;
-                bnsym_sstream_float(bn_y + j, bn_h0*y_k_xmu_t + bn_y_k0_t);
+                bnsym_sstream_float(bn_y + j, bn_h0*bn_y_k0_1_t + bn_y_k0_t);
             }
         }
         return;
@@ -1546,10 +1551,10 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
         for (j = 0; j < w; ++j) {
             const float bn_mean_hi_t = bn_lane_bn_mean_hi[j];
             const float bn_y_k0_t = bn_lane_bn_y_k0[j];
-            const float y_k_xmu_t = bn_lane_y_k_xmu[j];
+            const float bn_y_k0_1_t = bn_lane_bn_y_k0_1[j];
             const float x_v = bn_x[j];
             const float bn_h0 = -bn_mean_hi_t + x_v;
-            bn_y[j] = bn_h0*y_k_xmu_t + bn_y_k0_t;
+            bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
         }
     }
 }
@@ -1962,13 +1967,13 @@ static int bnsym_forward_train_f32_run_small(bnsym_forward_train_f32_ctx *a, int
  *     load per element  x = x[i]
  *     reduce            mean, var = mean, biased variance of x
  *     per channel       invstd = 1/sqrt(eps + var)
- *     per channel       y_k_xmu = gamma*invstd
  *     store per channel save_mean[c] = mean
  *     store per channel save_invstd[c] = invstd
  *     store per channel running_mean[c] = mean*momentum + running_mean*(1 - momentum)  [skipped if not finite]
  *     store per channel running_var[c] = m*momentum*var/(m - 1) + running_var*(1 - momentum)  [skipped if not finite]
  *     per element       xmu = -mean + x
- *     store per element y[i] = beta + xmu*y_k_xmu
+ *     per element       xhat = invstd*xmu
+ *     store per element y[i] = beta + gamma*xhat
  */
 int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     const float *x,
@@ -2005,7 +2010,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(0 + 2 + 2 + 3 + 1) * (size_t)C;
+    nd = (size_t)(0 + 2 + 2 + 4 + 1) * (size_t)C;
     ctx.rin = (double *)bnsym_alloc(nd + ((size_t)3 * (size_t)C * sizeof(float) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
@@ -2013,7 +2018,7 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
     ctx.coefd = ctx.guard + 2 * C;
-    ctx.wflag = ctx.coefd + 3 * C;
+    ctx.wflag = ctx.coefd + 4 * C;
     ctx.stream = bnsym_forward_train_f32_streams(&ctx);
     ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, S == 1, nt))
@@ -2048,13 +2053,13 @@ int bnsym_forward_train_f32_ncs(int64_t N, int64_t C, int64_t S,
  *     load per element  x = x[i]
  *     reduce            mean, var = mean, biased variance of x
  *     per channel       invstd = 1/sqrt(eps + var)
- *     per channel       y_k_xmu = gamma*invstd
  *     store per channel save_mean[c] = mean
  *     store per channel save_invstd[c] = invstd
  *     store per channel running_mean[c] = mean*momentum + running_mean*(1 - momentum)  [skipped if not finite]
  *     store per channel running_var[c] = m*momentum*var/(m - 1) + running_var*(1 - momentum)  [skipped if not finite]
  *     per element       xmu = -mean + x
- *     store per element y[i] = beta + xmu*y_k_xmu
+ *     per element       xhat = invstd*xmu
+ *     store per element y[i] = beta + gamma*xhat
  */
 int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     const float *x,
@@ -2091,7 +2096,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(0 + 2 + 2 + 3 + 1) * (size_t)C;
+    nd = (size_t)(0 + 2 + 2 + 4 + 1) * (size_t)C;
     ctx.rin = (double *)bnsym_alloc(nd + ((size_t)3 * (size_t)C * sizeof(float) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
@@ -2099,7 +2104,7 @@ int bnsym_forward_train_f32_nsc(int64_t N, int64_t C, int64_t S,
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
     ctx.coefd = ctx.guard + 2 * C;
-    ctx.wflag = ctx.coefd + 3 * C;
+    ctx.wflag = ctx.coefd + 4 * C;
     ctx.stream = bnsym_forward_train_f32_streams(&ctx);
     ctx.row_tiles = 0;
     if (bnsym_small(N, C, S, 1, nt))
@@ -2134,6 +2139,8 @@ typedef struct {
     double *coef; /* element-pass coefficients, [3][C] */
     int stream;    /* the element pass streams its outputs (bnsym_forward_train_f64_streams) */
     int64_t stream_al; /* then: the outputs' offset in bytes from a BNSYM_VBYTES boundary */
+    double *coefd; /* coefficients of the element pass in double, [4][C] */
+    double *wflag; /* per channel: a folded coefficient is out of range, [C] */
 } bnsym_forward_train_f64_ctx;
 
 /* A partial reduction: per-channel running summaries (count, mean, M2, sums) of C channels.
@@ -2211,7 +2218,8 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
         const double m = a->m;
         const double ct0 = 1 - momentum;
         const double invstd = 1.0/sqrt(eps + var);
-        const double y_k_xmu = gamma_v*invstd;
+        const double ct1 = gamma_v*invstd;
+        const double ct2 = fabs(gamma_v)*invstd;
         if (a->save_mean != NULL)
             a->save_mean[c] = (double)(mean);
         if (a->save_invstd != NULL)
@@ -2219,9 +2227,25 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
         a->guard[0 * a->C + c] = ct0*running_mean_v + mean*momentum; /* -> running_mean[c] */
         a->guard[1 * a->C + c] = ct0*running_var_v + var*m*momentum/(m - 1); /* -> running_var[c] */
         a->coef[0 * a->C + c] = (double)(beta);
-        a->coef[1 * a->C + c] = (double)(mean);
-        a->coef[2 * a->C + c] = (double)(y_k_xmu);
+        a->coef[1 * a->C + c] = (double)(ct1);
+        a->coef[2 * a->C + c] = (double)(mean);
+        a->coefd[0 * a->C + c] = beta;
+        a->coefd[1 * a->C + c] = gamma_v;
+        a->coefd[2 * a->C + c] = invstd;
+        a->coefd[3 * a->C + c] = mean;
+        a->wflag[c] = ((isfinite(gamma_v)) && (isfinite(invstd)) && (gamma_v != 0) && ((ct2 > 1.0715086071862673e+301) || (ct2 < 9.3326361850321888e-302) || (ct1 == 0) || (!isfinite(ct1)))) ? 1.0 : 0.0;
     }
+}
+
+/* Whether some channel's folded coefficient is out of range (below 2**-1000 or above 2**1000):
+ * the element pass then takes the plan's form for that channel. */
+static int bnsym_forward_train_f64_needs_wide(const bnsym_forward_train_f64_ctx *a)
+{
+    int64_t c;
+    for (c = 0; c < a->C; ++c)
+        if (a->wflag[c] != 0.0)
+            return 1;
+    return 0;
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -2805,21 +2829,21 @@ static __attribute__((noinline)) void bnsym_forward_train_f64_elements_ncs_strea
     const int64_t jv = bnsym_forward_train_f64_stream_head(a, off, len), je = jv + (len - jv) / vn * vn;
     int64_t j, k;
     const double beta_t = a->coef[0 * a->C + c];
-    const double mean_t = a->coef[1 * a->C + c];
-    const double y_k_xmu_t = a->coef[2 * a->C + c];
+    const double bn_y_k0_1_t = a->coef[1 * a->C + c];
+    const double mean_t = a->coef[2 * a->C + c];
     const double *bn_x = a->x + off;
     double *bn_y = a->y + off;
     for (j = jv; j < je; j += vn) {
         const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
         const bnsym_v_double xmu = -mean_t + x_v;
-        bnsym_vstream_double(bn_y + j, beta_t + xmu*y_k_xmu_t);
+        bnsym_vstream_double(bn_y + j, beta_t + bn_y_k0_1_t*xmu);
     }
     for (k = 0; k < 2; ++k) {
         const int64_t j1 = k ? len : jv;
         for (j = k ? je : 0; j < j1; ++j) {
             const double x_v = bn_x[j];
             const double xmu = -mean_t + x_v;
-            bnsym_sstream_double(bn_y + j, beta_t + xmu*y_k_xmu_t);
+            bnsym_sstream_double(bn_y + j, beta_t + bn_y_k0_1_t*xmu);
         }
     }
 }
@@ -2829,6 +2853,23 @@ static __attribute__((noinline)) void bnsym_forward_train_f64_elements_ncs_strea
 static inline void bnsym_forward_train_f64_elements_ncs(const bnsym_forward_train_f64_ctx *a, int64_t c, int64_t off, int64_t len)
 {
     int64_t j;
+    if (a->wflag[c] != 0.0) {
+        /* in the plan's form: a folded coefficient of this channel is out of range */
+        const double beta_d = a->coefd[0 * a->C + c];
+        const double gamma_v_d = a->coefd[1 * a->C + c];
+        const double invstd_d = a->coefd[2 * a->C + c];
+        const double mean_d = a->coefd[3 * a->C + c];
+        const double *bn_x = a->x + off;
+        double *bn_y = a->y + off;
+        BNSYM_SIMD
+        for (j = 0; j < len; ++j) {
+            const double x_v = (double)bn_x[j];
+            const double xmu = -mean_d + x_v;
+            const double xhat = invstd_d*xmu;
+            bn_y[j] = (double)(beta_d + gamma_v_d*xhat);
+        }
+        return;
+    }
 #if BNSYM_STREAM
     if (a->stream) {
         bnsym_forward_train_f64_elements_ncs_stream(a, c, off, len);
@@ -2836,15 +2877,15 @@ static inline void bnsym_forward_train_f64_elements_ncs(const bnsym_forward_trai
     }
 #endif
     const double beta_t = a->coef[0 * a->C + c];
-    const double mean_t = a->coef[1 * a->C + c];
-    const double y_k_xmu_t = a->coef[2 * a->C + c];
+    const double bn_y_k0_1_t = a->coef[1 * a->C + c];
+    const double mean_t = a->coef[2 * a->C + c];
     const double *bn_x = a->x + off;
     double *bn_y = a->y + off;
     BNSYM_SIMD
     for (j = 0; j < len; ++j) {
         const double x_v = bn_x[j];
         const double xmu = -mean_t + x_v;
-        bn_y[j] = beta_t + xmu*y_k_xmu_t;
+        bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
     }
 }
 
@@ -2912,15 +2953,44 @@ static void bnsym_forward_train_f64_coef_rows(const bnsym_forward_train_f64_ctx 
 
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
- * coefficients are out of the array type's range (bnsym_forward_train_f64_needs_wide; never here). */
+ * coefficients are out of the array type's range (bnsym_forward_train_f64_needs_wide). */
 static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64_ctx *a, const double *lanes, int64_t off, int64_t len, int64_t L,
     int wide)
 {
     int64_t j0;
-    (void)wide;
+    if (wide) {
+        /* row by row: channels with a folded coefficient out of range in the plan's form, the
+         * others as below (same operations, same results) */
+        const int64_t C = a->C;
+        for (j0 = 0; j0 < len; j0 += C) {
+            int64_t j;
+            const double *bn_x = a->x + off + j0;
+            double *bn_y = a->y + off + j0;
+            for (j = 0; j < C; ++j) {
+                if (a->wflag[j] != 0.0) {
+                    const double beta_d = a->coefd[0 * C + j];
+                    const double gamma_v_d = a->coefd[1 * C + j];
+                    const double invstd_d = a->coefd[2 * C + j];
+                    const double mean_d = a->coefd[3 * C + j];
+                    const double x_v = (double)bn_x[j];
+                    const double xmu = -mean_d + x_v;
+                    const double xhat = invstd_d*xmu;
+                    bn_y[j] = (double)(beta_d + gamma_v_d*xhat);
+                } else {
+                    const double beta_t = a->coef[0 * C + j];
+                    const double bn_y_k0_1_t = a->coef[1 * C + j];
+                    const double mean_t = a->coef[2 * C + j];
+                    const double x_v = bn_x[j];
+                    const double xmu = -mean_t + x_v;
+                    bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
+                }
+            }
+        }
+        return;
+    }
     const double *bn_lane_beta = lanes + 0 * L;
-    const double *bn_lane_mean = lanes + 1 * L;
-    const double *bn_lane_y_k_xmu = lanes + 2 * L;
+    const double *bn_lane_bn_y_k0_1 = lanes + 1 * L;
+    const double *bn_lane_mean = lanes + 2 * L;
 #if BNSYM_STREAM
     if (a->stream) {
         /* streaming stores over the whole range: whole vectors from the first aligned value (their
@@ -2932,8 +3002,8 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
         const int fixed = L % vn == 0;
         int64_t j = jv, k, lo = jv % L;
         const bnsym_v_double beta_t_w = bnsym_vlane_double(bn_lane_beta, fixed ? L - vn + lo % vn : lo, L);
+        const bnsym_v_double bn_y_k0_1_t_w = bnsym_vlane_double(bn_lane_bn_y_k0_1, fixed ? L - vn + lo % vn : lo, L);
         const bnsym_v_double mean_t_w = bnsym_vlane_double(bn_lane_mean, fixed ? L - vn + lo % vn : lo, L);
-        const bnsym_v_double y_k_xmu_t_w = bnsym_vlane_double(bn_lane_y_k_xmu, fixed ? L - vn + lo % vn : lo, L);
         const double *bn_x = a->x + off;
         double *bn_y = a->y + off;
         while (j < je) {
@@ -2941,21 +3011,21 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
             const int64_t jw = j + (L - lo) / vn * vn, j1 = (jw < je) ? jw : je;
             for (; j < j1; j += vn, lo += vn) {
                 const bnsym_v_double beta_t = bnsym_vload_double(bn_lane_beta + lo);
+                const bnsym_v_double bn_y_k0_1_t = bnsym_vload_double(bn_lane_bn_y_k0_1 + lo);
                 const bnsym_v_double mean_t = bnsym_vload_double(bn_lane_mean + lo);
-                const bnsym_v_double y_k_xmu_t = bnsym_vload_double(bn_lane_y_k_xmu + lo);
                 const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
                 const bnsym_v_double xmu = -mean_t + x_v;
-                bnsym_vstream_double(bn_y + j, beta_t + xmu*y_k_xmu_t);
+                bnsym_vstream_double(bn_y + j, beta_t + bn_y_k0_1_t*xmu);
             }
             while (lo >= L)
                 lo -= L;
             if (j < je && lo + vn > L) {
                 const bnsym_v_double beta_t = fixed ? beta_t_w : bnsym_vlane_double(bn_lane_beta, lo, L);
+                const bnsym_v_double bn_y_k0_1_t = fixed ? bn_y_k0_1_t_w : bnsym_vlane_double(bn_lane_bn_y_k0_1, lo, L);
                 const bnsym_v_double mean_t = fixed ? mean_t_w : bnsym_vlane_double(bn_lane_mean, lo, L);
-                const bnsym_v_double y_k_xmu_t = fixed ? y_k_xmu_t_w : bnsym_vlane_double(bn_lane_y_k_xmu, lo, L);
                 const bnsym_v_double x_v = bnsym_vload_double(bn_x + j);
                 const bnsym_v_double xmu = -mean_t + x_v;
-                bnsym_vstream_double(bn_y + j, beta_t + xmu*y_k_xmu_t);
+                bnsym_vstream_double(bn_y + j, beta_t + bn_y_k0_1_t*xmu);
                 j += vn;
                 lo += vn;
                 while (lo >= L)
@@ -2966,11 +3036,11 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
             const int64_t j1 = k ? len : jv;
             for (j = k ? je : 0; j < j1; ++j) {
                 const double beta_t = bn_lane_beta[j % L];
+                const double bn_y_k0_1_t = bn_lane_bn_y_k0_1[j % L];
                 const double mean_t = bn_lane_mean[j % L];
-                const double y_k_xmu_t = bn_lane_y_k_xmu[j % L];
                 const double x_v = bn_x[j];
                 const double xmu = -mean_t + x_v;
-                bnsym_sstream_double(bn_y + j, beta_t + xmu*y_k_xmu_t);
+                bnsym_sstream_double(bn_y + j, beta_t + bn_y_k0_1_t*xmu);
             }
         }
         return;
@@ -2984,11 +3054,11 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
         BNSYM_SIMD
         for (j = 0; j < w; ++j) {
             const double beta_t = bn_lane_beta[j];
+            const double bn_y_k0_1_t = bn_lane_bn_y_k0_1[j];
             const double mean_t = bn_lane_mean[j];
-            const double y_k_xmu_t = bn_lane_y_k_xmu[j];
             const double x_v = bn_x[j];
             const double xmu = -mean_t + x_v;
-            bn_y[j] = beta_t + xmu*y_k_xmu_t;
+            bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
         }
     }
 }
@@ -3083,13 +3153,17 @@ static void bnsym_forward_train_f64_ncs_part(const bnsym_forward_train_f64_ncs_j
     }
     if (need_elem && !cmaj) {
         const int64_t RBe = p->RBe, e0 = p->units_e * tid / nthr, e1 = p->units_e * (tid + 1) / nthr;
+        /* some channel's element pass runs in double (every flag is set: after the barrier, or
+         * before the team; channel blocks read only their own flags) */
+        const int wide = bnsym_forward_train_f64_needs_wide(a);
         for (u = e0; u < e1; ++u) {
             if (grouped) {
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
-                if (S >= BNSYM_ELEM_LANES_S) {
-                    /* strip by strip (strips long enough for a vector loop) */
+                if (wide || S >= BNSYM_ELEM_LANES_S) {
+                    /* strip by strip (strips long enough for a vector loop, or some channels
+                     * in double) */
                     int64_t cc;
                     for (n = n0; n < n1; ++n)
                         for (cc = c0; cc < c1; ++cc)
@@ -3100,7 +3174,7 @@ static void bnsym_forward_train_f64_ncs_part(const bnsym_forward_train_f64_ncs_j
                     double *lanes = p->glanes + (size_t)tid * 3 * (size_t)(Cg * S);
                     bnsym_forward_train_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
                     for (n = n0; n < n1; ++n)
-                        bnsym_forward_train_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, 0);
+                        bnsym_forward_train_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, wide);
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -3246,7 +3320,7 @@ static void bnsym_forward_train_f64_rows_part(const bnsym_forward_train_f64_rows
         BNSYM_BARRIER(nthr);
     }
     if (p->need_elem)
-        bnsym_forward_train_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, 0);
+        bnsym_forward_train_f64_elements_lanes(a, p->lanes, r0 * C, (r1 - r0) * C, Le, bnsym_forward_train_f64_needs_wide(a));
     BNSYM_STREAM_FENCE(a->stream);
 }
 
@@ -3359,7 +3433,7 @@ static int bnsym_forward_train_f64_run_small(bnsym_forward_train_f64_ctx *a, int
         if (rows) {
             double *lanes = (double *)(buf + wsz);
             bnsym_forward_train_f64_coef_rows(a, lanes, C, 0, C);
-            bnsym_forward_train_f64_elements_lanes(a, lanes, 0, N * S * C, C, 0);
+            bnsym_forward_train_f64_elements_lanes(a, lanes, 0, N * S * C, C, bnsym_forward_train_f64_needs_wide(a));
         } else {
             for (n = 0; n < N; ++n)
                 for (c = 0; c < C; ++c)
@@ -3394,13 +3468,13 @@ static int bnsym_forward_train_f64_run_small(bnsym_forward_train_f64_ctx *a, int
  *     load per element  x = x[i]
  *     reduce            mean, var = mean, biased variance of x
  *     per channel       invstd = 1/sqrt(eps + var)
- *     per channel       y_k_xmu = gamma*invstd
  *     store per channel save_mean[c] = mean
  *     store per channel save_invstd[c] = invstd
  *     store per channel running_mean[c] = mean*momentum + running_mean*(1 - momentum)  [skipped if not finite]
  *     store per channel running_var[c] = m*momentum*var/(m - 1) + running_var*(1 - momentum)  [skipped if not finite]
  *     per element       xmu = -mean + x
- *     store per element y[i] = beta + xmu*y_k_xmu
+ *     per element       xhat = invstd*xmu
+ *     store per element y[i] = beta + gamma*xhat
  */
 int bnsym_forward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
     const double *x,
@@ -3437,13 +3511,15 @@ int bnsym_forward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(0 + 2 + 2) * (size_t)C;
+    nd = (size_t)(0 + 2 + 2 + 4 + 1) * (size_t)C;
     ctx.rin = (double *)bnsym_alloc(nd + ((size_t)3 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
+    ctx.coefd = ctx.guard + 2 * C;
+    ctx.wflag = ctx.coefd + 4 * C;
     ctx.stream = bnsym_forward_train_f64_streams(&ctx);
     if (bnsym_small(N, C, S, S == 1, nt))
         status = bnsym_forward_train_f64_run_small(&ctx, S == 1);
@@ -3477,13 +3553,13 @@ int bnsym_forward_train_f64_ncs(int64_t N, int64_t C, int64_t S,
  *     load per element  x = x[i]
  *     reduce            mean, var = mean, biased variance of x
  *     per channel       invstd = 1/sqrt(eps + var)
- *     per channel       y_k_xmu = gamma*invstd
  *     store per channel save_mean[c] = mean
  *     store per channel save_invstd[c] = invstd
  *     store per channel running_mean[c] = mean*momentum + running_mean*(1 - momentum)  [skipped if not finite]
  *     store per channel running_var[c] = m*momentum*var/(m - 1) + running_var*(1 - momentum)  [skipped if not finite]
  *     per element       xmu = -mean + x
- *     store per element y[i] = beta + xmu*y_k_xmu
+ *     per element       xhat = invstd*xmu
+ *     store per element y[i] = beta + gamma*xhat
  */
 int bnsym_forward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
     const double *x,
@@ -3520,13 +3596,15 @@ int bnsym_forward_train_f64_nsc(int64_t N, int64_t C, int64_t S,
     ctx.momentum = momentum;
     ctx.m = (double)N * (double)S;
     /* one allocation: the per-channel doubles, then the coefficients */
-    nd = (size_t)(0 + 2 + 2) * (size_t)C;
+    nd = (size_t)(0 + 2 + 2 + 4 + 1) * (size_t)C;
     ctx.rin = (double *)bnsym_alloc(nd + ((size_t)3 * (size_t)C * sizeof(double) + 7) / 8, sizeof(double));
     if (ctx.rin == NULL)
         return -1;
     ctx.coef = (double *)(ctx.rin + nd);
     ctx.red = ctx.rin + 0 * C;
     ctx.guard = ctx.red + 2 * C;
+    ctx.coefd = ctx.guard + 2 * C;
+    ctx.wflag = ctx.coefd + 4 * C;
     ctx.stream = bnsym_forward_train_f64_streams(&ctx);
     if (bnsym_small(N, C, S, 1, nt))
         status = bnsym_forward_train_f64_run_small(&ctx, 1);

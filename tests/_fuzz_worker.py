@@ -165,13 +165,17 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
             # either way)
             dmean = 4 * m * U_ACC * mag + np.where(meanl != mean, np.spacing(np.abs(mean)), 0.0)
             dvar = 4 * m * U_ACC * var + 2 * dmean ** 2
-            dinv = 0.5 * invstd ** 3 * dvar
             xmu = x64 - _cv(mean, nd)
             maxxmu = np.abs(xmu).max(axis=_ax(nd))
-            y = xmu * _cv(invstd * g, nd) + _cv(bb, nd)
-            ytol = (rt * (np.abs(g) * invstd * maxxmu + np.abs(bb))
-                    + np.abs(g) * (invstd * dmean + maxxmu * dinv))
-            res["y"] = (y, _cv(ytol, nd))
+            # y and its tolerance in long double, y in the paper's order gamma*(invstd*xmu) + beta:
+            # no product underflows or overflows where y does not (gamma*invstd ~ 1e-330 for
+            # gamma ~ 1e-230 and x ~ 1e100, while y ~ 1e-230)
+            il, gl, ag = invstd.astype(LD), g.astype(LD), np.abs(g).astype(LD)
+            y = (_cv(gl, nd) * (xmu.astype(LD) * _cv(il, nd)) + _cv(bb.astype(LD), nd)).astype(np.float64)
+            dinv = LD(0.5) * il ** 3 * dvar
+            ytol = (rt * (ag * (il * maxxmu) + np.abs(bb)) + ag * (il * dmean + maxxmu * dinv))
+            res["y"] = (y, _cv(ytol.astype(np.float64), nd))
+            dinv = dinv.astype(np.float64)
             # The mean's own scale is |mean| + std: an error of rt*std moves y by rt (relative
             # to its unit scale) and is all a float32 pass over x - shift can promise when
             # the mean is ~0 by cancellation; with an offset (|mean| >> std) this is still
@@ -197,16 +201,18 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
             rmean = rm.astype(np.float64)
             invstd = invstd_torch(rv.astype(np.float64), eps)
             xmu = x64 - _cv(rmean, nd)
-            y = xmu * _cv(invstd * g, nd) + _cv(bb, nd)
+            # in long double, in the paper's order (as in training)
+            y = (_cv(g.astype(LD), nd) * (xmu.astype(LD) * _cv(invstd.astype(LD), nd))
+                 + _cv(bb.astype(LD), nd)).astype(np.float64)
             if x.size:
                 maxxmu = np.abs(xmu).max(axis=_ax(nd))
             else:
                 maxxmu = np.zeros(C)
             # where y is subnormal the relative part underflows to 0, while the orders in use
             # differ there by whole subnormal steps (NumPy's and PyTorch's (x - rm)*invstd, then
-            # *weight, +bias; the C kernels' (x - rm)*k, +k0; this reference's xmu*k, +bias)
-            res["y"] = (y, _cv(rt * (np.abs(g) * invstd * maxxmu + np.abs(bb))
-                               + sub_round(dt, np.abs(g) + 4), nd))
+            # *weight, +bias; the C kernels' (x - rm)*k, +k0); this reference rounds once
+            res["y"] = (y, _cv(rt * (np.abs(g) * (invstd * maxxmu) + np.abs(bb))
+                               + sub_round(dt, np.abs(g) + 3), nd))
     return res
 
 
@@ -406,6 +412,12 @@ def chan(rng, dt, C, kind):
         v = rng.choice([1e4, -1e4], C) + rng.uniform(-1, 1, C)
     elif kind == "tinypos":
         v = np.full(C, 1e-30 if dt == F32 else 1e-200)
+    elif kind in ("scaled", "scaled_bwd"):  # each channel its own magnitude
+        # across most of the dtype's range; for the float64 backward up to 1e150 either way,
+        # where gamma*invstd, a coefficient of the backward's own form (as of PyTorch's), stays
+        # in the normal range (beyond, it loses bits or underflows: the README says so)
+        e = 30 if dt == F32 else (250 if kind == "scaled" else 150)
+        v = rng.uniform(-3, 3, C) * 10.0 ** rng.uniform(-e, e, C)
     elif kind == "nan":
         v = rng.uniform(-3, 3, C)
         v[rng.integers(0, C)] = np.nan
@@ -462,8 +474,9 @@ def forward_cases(draw):
         "kinds": draw(st.lists(st.sampled_from(SPECIAL_KINDS), min_size=1, max_size=4)),
         "specials": draw(specials()),
         "training": draw(st.booleans()),
-        "weight": draw(st.sampled_from(["none", "ones", "normal", "zero", "normal", "nan"])),
-        "bias": draw(st.sampled_from(["none", "normal", "zero", "normal", "offset"])),
+        "weight": draw(st.sampled_from(["none", "ones", "normal", "zero", "normal", "nan",
+                                        "scaled"])),
+        "bias": draw(st.sampled_from(["none", "normal", "zero", "normal", "offset", "scaled"])),
         "rm": draw(st.sampled_from(["normal", "zero", "offset", "none", "nan"])),
         "rv": draw(st.sampled_from(["pos", "pos", "ones", "zero", "tinypos", "none", "neg"])),
         "chan_layout": draw(st.sampled_from(["c", "c", "c", "step", "bcast", "readonly"])),
@@ -868,7 +881,7 @@ def backward_cases(draw):
         "dy_specials": draw(specials()),
         "training": draw(st.booleans()),
         "stats": draw(st.sampled_from(["batch", "batch", "random"])),
-        "weight": draw(st.sampled_from(["none", "ones", "normal", "zero", "nan"])),
+        "weight": draw(st.sampled_from(["none", "ones", "normal", "zero", "nan", "scaled_bwd"])),
         "rm": draw(st.sampled_from(["normal", "zero", "offset"])),
         "rv": draw(st.sampled_from(["pos", "ones", "zero", "tinypos", "neg"])),
         "chan_layout": draw(st.sampled_from(["c", "c", "step", "bcast", "readonly"])),

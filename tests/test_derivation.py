@@ -108,6 +108,7 @@ def run_plan(plan: KernelPlan, arrays: dict, scalars: dict, count: int) -> dict:
             env[r.symbol] = np.sum(ev(r.summand))
     for a in plan.channel_defs:
         env[a.symbol] = ev(a.expr)
+    element_defs()  # those that read a channel def (xhat = invstd*xmu)
     out = {s.array: ev(s.expr) for s in plan.channel_stores if arrays.get(s.array, 0) is not None}
     out.update({s.array: np.broadcast_to(ev(s.expr), (count,)) for s in plan.element_stores})
     return out

@@ -384,6 +384,30 @@ def test_float64_mean_beyond_sqrt_max(threads, backend, shape, layout):
     assert np.isfinite(gi).all() and np.isfinite(gw).all()
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape,layout", SCHEDULES)
+def test_float64_output_of_tiny_weight_and_huge_x(threads, shape, layout, training):
+    """float64, x ~ 1e100 (invstd ~ 1e-100) and weights ~ 1e-230: y = gamma*xhat ~ 1e-230,
+    while the folded coefficient gamma*invstd ~ 1e-330 is 0 in double. The kernels gave y = 0
+    (as PyTorch does, whose alpha is invstd*weight); the plan now writes y = gamma*xhat + beta
+    and the kernels fold gamma*invstd only for channels where it is in range (a channel of
+    ordinary weight beside them keeps the fast form): the reference (long double) on every
+    schedule, thread count and mode, and the NumPy backend the same."""
+    rng = np.random.default_rng(41)
+    C = shape[1]
+    x = arr(1e100 * rng.standard_normal(shape), F64, layout)
+    w = np.where(np.arange(C) % 2 == 0, 1e-230, 1.5) * rng.uniform(1, 2, C)
+    b = np.zeros(C)
+    rm = 1e100 * rng.standard_normal(C)
+    rv = 1e200 * rng.uniform(0.5, 2, C)
+    y, sm, si = check_forward(x, w, b, rm.copy(), rv.copy(), training=training,
+                              what=f"tiny weight {shape} {layout} {training}")
+    assert (y[:, 0] != 0).all()
+    yn = forward(x, w, b, rm.copy(), rv.copy(), training, backend="numpy")[0]
+    ref = ref_forward(x, w, b, rm.copy(), rv.copy(), training, 0.1, 1e-5, F64)
+    Check(F64, "tiny weight, NumPy backend").close("y", yn, *ref["y"])
+
+
 @pytest.mark.parametrize("shape,layout", SCHEDULES)
 def test_float64_weight_gradient_of_subnormal_dy_and_huge_x(threads, shape, layout):
     """float64, x ~ 1e100*z and dy subnormal (~1e-310), batch statistics: sum(dy*xhat) is
