@@ -172,10 +172,10 @@ def ref_forward(x, w, b, rm, rv, training, momentum, eps, dt):
             # gamma ~ 1e-230 and x ~ 1e100, while y ~ 1e-230)
             il, gl, ag = invstd.astype(LD), g.astype(LD), np.abs(g).astype(LD)
             y = (_cv(gl, nd) * (xmu.astype(LD) * _cv(il, nd)) + _cv(bb.astype(LD), nd)).astype(np.float64)
-            dinv = LD(0.5) * il ** 3 * dvar
-            ytol = (rt * (ag * (il * maxxmu) + np.abs(bb)) + ag * (il * dmean + maxxmu * dinv))
+            dinv_l = LD(0.5) * il ** 3 * dvar
+            ytol = (rt * (ag * (il * maxxmu) + np.abs(bb)) + ag * (il * dmean + maxxmu * dinv_l))
             res["y"] = (y, _cv(ytol.astype(np.float64), nd))
-            dinv = dinv.astype(np.float64)
+            dinv = dinv_l.astype(np.float64)
             # The mean's own scale is |mean| + std: an error of rt*std moves y by rt (relative
             # to its unit scale) and is all a float32 pass over x - shift can promise when
             # the mean is ~0 by cancellation; with an offset (|mean| >> std) this is still
@@ -414,7 +414,7 @@ def chan(rng, dt, C, kind):
         v = np.full(C, 1e-30 if dt == F32 else 1e-200)
     elif kind in ("scaled", "scaled_bwd"):  # each channel its own magnitude
         # across most of the dtype's range; for the float64 backward up to 1e150 either way,
-        # where gamma*invstd, a coefficient of the backward's own form (as of PyTorch's), stays
+        # where gamma*invstd, a coefficient of the backward's own form (and of PyTorch's), stays
         # in the normal range (beyond, it loses bits or underflows: the README says so)
         e = 30 if dt == F32 else (250 if kind == "scaled" else 150)
         v = rng.uniform(-3, 3, C) * 10.0 ** rng.uniform(-e, e, C)
