@@ -40,15 +40,6 @@
 #endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_SIMD_PRAGMA(omp simd)
-/* A cache-line prefetch hint (no effect on results). */
-#if defined(__GNUC__) || defined(__clang__)
-#define BNSYM_PREFETCH(address) __builtin_prefetch(address)
-#else
-#define BNSYM_PREFETCH(address) ((void)(address))
-#endif
-/* Row groups a reduction prefetches ahead, for super-rows of at most BNSYM_PREFETCH_LANES. */
-#define BNSYM_AHEAD 3
-#define BNSYM_PREFETCH_LANES 64
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
@@ -636,17 +627,6 @@ static void bnsym_backward_train_f32_pass(const bnsym_backward_train_f32_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        if (L <= BNSYM_PREFETCH_LANES) {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
-             * the hardware prefetcher keeps up with long ones, where this only costs time) */
-            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
-            int64_t qa, o;
-            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
-                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
-                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
-                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
-                }
-        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
@@ -821,17 +801,6 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        if (L <= BNSYM_PREFETCH_LANES) {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
-             * the hardware prefetcher keeps up with long ones, where this only costs time) */
-            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
-            int64_t qa, o;
-            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
-                for (o = 0; o < L; o += (int64_t)(64 / sizeof(float))) {
-                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
-                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
-                }
-        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;
@@ -2337,17 +2306,6 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
     }
     for (q0 = 0; q0 < nq; q0 += 4) {
         const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
-        if (L <= BNSYM_PREFETCH_LANES) {
-            /* software prefetch of the super-rows BNSYM_AHEAD groups ahead (short super-rows;
-             * the hardware prefetcher keeps up with long ones, where this only costs time) */
-            const int64_t q1 = (q0 + (BNSYM_AHEAD + 1) * 4 < nq) ? q0 + (BNSYM_AHEAD + 1) * 4 : nq;
-            int64_t qa, o;
-            for (qa = q0 + BNSYM_AHEAD * 4; qa < q1; ++qa)
-                for (o = 0; o < L; o += (int64_t)(64 / sizeof(double))) {
-                    BNSYM_PREFETCH(a->grad_output + base + qa * qstride + o);
-                    BNSYM_PREFETCH(a->x + base + qa * qstride + o);
-                }
-        }
         for (t = 0; t + BNSYM_LANES <= L; t += BNSYM_LANES) {
             double *bn_acc0 = p->acc + 0 * L + t;
             double *bn_acc1 = p->acc + 1 * L + t;

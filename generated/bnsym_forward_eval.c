@@ -40,15 +40,6 @@
 #endif
 /* "omp simd": the loop has no dependence between iterations (y may alias x exactly). */
 #define BNSYM_SIMD BNSYM_SIMD_PRAGMA(omp simd)
-/* A cache-line prefetch hint (no effect on results). */
-#if defined(__GNUC__) || defined(__clang__)
-#define BNSYM_PREFETCH(address) __builtin_prefetch(address)
-#else
-#define BNSYM_PREFETCH(address) ((void)(address))
-#endif
-/* Row groups a reduction prefetches ahead, for super-rows of at most BNSYM_PREFETCH_LANES. */
-#define BNSYM_AHEAD 3
-#define BNSYM_PREFETCH_LANES 64
 
 /* Values per reduction block (read once from memory, then again from cache). */
 #define BNSYM_BLOCK 8192
