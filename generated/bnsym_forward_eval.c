@@ -62,8 +62,13 @@
 #define BNSYM_CACHE_BYTES (16 << 20)
 #endif
 /* Bytes per array of a channel block of the channel-block ncs schedule (both passes of a block
- * share the cache). */
-#define BNSYM_CHANNEL_BLOCK_BYTES 131072
+ * share the cache: L2 and L3). A block's channels lie side by side in each sample, so the
+ * reduction reads runs of (channels in the block) strips: longer runs stream from memory faster
+ * than single strips (32x64x56x56 float32: strips of 12.5 KiB) at the cost of a block that
+ * outgrows L2. */
+#ifndef BNSYM_CHANNEL_BLOCK_BYTES
+#define BNSYM_CHANNEL_BLOCK_BYTES (2 << 20)
+#endif
 /* Values and minimum rows per block of a rows (nsc) reduction (its per-block work is
  * proportional to C; a block is summed again from L2 only when it needs recentering). */
 #define BNSYM_ROW_BLOCK 32768
