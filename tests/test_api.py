@@ -382,12 +382,14 @@ def test_threads_setting_and_results(kernels, make_input, assert_close):
             bnsym.set_num_threads(bad)
 
 
-@pytest.mark.parametrize("dtype,shape", [(F32, (2, 8, 512, 520)), (F64, (3, 4, 512, 350))])
+@pytest.mark.parametrize("dtype,shape", [(F32, (2, 8, 512, 520)), (F64, (3, 4, 512, 350)),
+                                         (F32, (4, 64, 128, 130))])
 def test_large_input_channel_blocks(dtype, shape, kernels, make_input, assert_close):
     """Inputs over the kernels' cache size (16 MiB) run in channel blocks when C >= threads: same
     results as the reference at every thread count, and (each channel summed by one thread in
     one order) bitwise the same at 1 and 2 threads. 3 threads with C = 8 or 4 take the other
-    schedule."""
+    schedule. (4, 64, 128, 130): 7 channels per block of 2 MiB per array, so each thread's range
+    holds several blocks and a shorter last one (64 channels over 1, 2 and 3 threads)."""
     assert np.prod(shape) * np.dtype(dtype).itemsize > 16 << 20
     C = shape[1]
     x = make_input(shape, dtype, seed=21, loc=3.0, scale=0.5)
