@@ -219,14 +219,15 @@ def _input(x):
     return x, (_F32 if x.dtype == _F32 else _F64)
 
 
-def _chan(a, name, dt, C, inplace=False):
-    """A per-channel operand: the fast test, else _checks (explains or copies)."""
+def _chan(a, name, dt, C):
+    """A read-only per-channel operand: the fast test, else _checks (explains or copies).
+    Returns (the array or None, whether it owns its memory: see :func:`_owner`; True for None)."""
     if a is None:
-        return None
-    if (type(a) is _ndarray and a.dtype is dt and a.shape == (C,) and a.flags.c_contiguous
-            and (not inplace or a.flags.writeable)):
-        return a
-    return _checks.channel_array(a, name, dt, C, inplace=inplace)
+        return None, True
+    if type(a) is _ndarray and a.dtype is dt and a.shape == (C,) and (f := a.flags).c_contiguous:
+        return a, f.owndata
+    a = _checks.channel_array(a, name, dt, C)
+    return a, a.flags.owndata
 
 
 def _out(o, name, shape, dt, layout, perm=None):
@@ -637,19 +638,22 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     dy = grad_output
     if not (type(dy) is _ndarray and dy.dtype is dt and dy.shape == shape):
         dy = _checks.like_input(dy, "grad_output", x)
-    w = _chan(weight, "weight", dt, C)
+    # ``own``: every operand checked so far owns its memory (see _owner: the overlap checks of
+    # out= below are then decided by identity alone)
+    w, own = _chan(weight, "weight", dt, C)
     if training:
         if save_mean is None or save_invstd is None:
             raise ValueError("save_mean and save_invstd (from the training forward) are required "
                              "when training=True")
-        sa = _chan(save_mean, "save_mean", dt, C)
-        sb = _chan(save_invstd, "save_invstd", dt, C)
+        sa, own_a = _chan(save_mean, "save_mean", dt, C)
+        sb, own_b = _chan(save_invstd, "save_invstd", dt, C)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var must be given in evaluation mode "
                              "(training=False)")
-        sa = _chan(running_mean, "running_mean", dt, C)
-        sb = _chan(running_var, "running_var", dt, C)
+        sa, own_a = _chan(running_mean, "running_mean", dt, C)
+        sb, own_b = _chan(running_var, "running_var", dt, C)
+    own = own and own_a and own_b
     if type(eps) is not float or not (0.0 < eps < _INF):
         eps = _checks.eps(eps)
     if output_mask is not _ALL and not (
@@ -660,10 +664,12 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     if backend != "c":
         backend = _checks.backend(backend)
     x0, dy0 = x, dy
-    if x.flags.c_contiguous:
+    if (f := x.flags).c_contiguous:
         layout, perm = "ncs", None
+        own = own and f.owndata
     else:
         x, layout, perm = _layout(x)
+        own = False  # a view (channels-last) or a copy: the owners or the pointers decide
     gi = gw = gb = None
     if out is not None:
         if not (isinstance(out, (tuple, list)) and len(out) == 3):
@@ -682,8 +688,17 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
             gb = _out(gb, "out[2] (grad_bias)", (C,), dt, "ncs")
         sa_name, sb_name = (("save_mean", "save_invstd") if training
                             else ("running_mean", "running_var"))
-        # the operands may share objects among themselves (nothing writes them)
-        if not _apart((gi, gw, gb), (x0, dy0, w, sa, sb)):
+        # The operands may share objects among themselves (nothing writes them). When every
+        # operand and output owns its memory (the common case), different arrays are different
+        # allocations and only identity can overlap (grad_input, of the input's shape, is never a
+        # per-channel array); otherwise the owners (_apart), then the pointers, decide.
+        if not (own and dy0.flags.owndata
+                and (gi is None or (gi is not x0 and gi is not dy0 and gi.flags.owndata))
+                and (gw is None or (gw is not w and gw is not sa and gw is not sb
+                                    and gw is not gb and gw.flags.owndata))
+                and (gb is None or (gb is not w and gb is not sa and gb is not sb
+                                    and gb.flags.owndata))) \
+                and not _apart((gi, gw, gb), (x0, dy0, w, sa, sb)):
             _checks.no_overlap(
                 [("grad_input", gi), ("grad_weight", gw), ("grad_bias", gb)],
                 [("input", x0), ("grad_output", dy0), ("weight", w), (sa_name, sa), (sb_name, sb),

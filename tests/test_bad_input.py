@@ -328,6 +328,30 @@ def test_backward_bad_outs(backend):
     _bwd_fails(ValueError, "grad_weight.*is read-only", backend, out=(None, gw, None))
 
 
+@pytest.mark.parametrize("training,operand", [
+    (True, "weight"), (True, "save_mean"), (True, "save_invstd"),
+    (False, "weight"), (False, "running_mean"), (False, "running_var")])
+@pytest.mark.parametrize("slot,name", [(1, "grad_weight"), (2, "grad_bias")])
+def test_backward_out_is_a_per_channel_operand(training, operand, slot, name, backend):
+    """A per-channel operand passed as grad_weight or grad_bias (every array owning its memory,
+    where identity alone decides) is refused by name, and nothing is written."""
+    kw = _bwd_args()
+    out = [None, None, None]
+    out[slot] = kw[operand]
+    _bwd_fails(ValueError, f"{name} overlaps {operand}", backend,
+               **dict(kw, training=training, out=tuple(out)))
+
+
+def test_backward_grad_input_overlapping_a_broadcast_grad_output(backend):
+    """grad_output a read-only broadcast view (stride 0) of grad_input's first sample: they
+    overlap without being the same array, and grad_input owns its memory; refused."""
+    kw = _bwd_args()
+    gi = np.zeros_like(kw["input"])
+    dy = np.broadcast_to(gi[:1], gi.shape)
+    _bwd_fails(ValueError, "grad_input overlaps grad_output", backend, grad_output=dy,
+               out=(gi, None, None))
+
+
 def test_backward_out_overlaps(backend):
     kw = _bwd_args()
     x, w = kw["input"], kw["weight"]
