@@ -283,16 +283,6 @@ def _apart(written, read) -> bool:
     return True
 
 
-def _apart_from(a, others) -> bool:
-    """True when ``a`` owns its memory and is none of ``others`` (owners of the other operands)."""
-    if not a.flags.owndata:
-        return False
-    for o in others:
-        if o is a:
-            return False
-    return True
-
-
 def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return np.empty_like(x) if layout == "nsc" else np.empty(x.shape, x.dtype)
 
@@ -444,11 +434,16 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
                 save_invstd = np.empty(C, dt)
             psi = fb(save_invstd)
             # (with ``own`` and ``own_out``, a save output that owns its memory and is no other
-            # operand overlaps none)
+            # operand overlaps none; being of shape (C,), it can only be another per-channel
+            # array: the owners of the input and the output hold N*S >= 2 rows of C values)
             if (user_sm or user_si) and not (
                     own and own_out
-                    and (not user_sm or _apart_from(save_mean, (xo, oo, w, b, rm, rv, save_invstd)))
-                    and (not user_si or _apart_from(save_invstd, (xo, oo, w, b, rm, rv)))):
+                    and (not user_sm or (save_mean.flags.owndata and save_mean is not w
+                                         and save_mean is not b and save_mean is not rm
+                                         and save_mean is not rv and save_mean is not save_invstd))
+                    and (not user_si or (save_invstd.flags.owndata and save_invstd is not w
+                                         and save_invstd is not b and save_invstd is not rm
+                                         and save_invstd is not rv))):
                 ops = (("input", px), ("out", py), ("weight", pw), ("bias", pb),
                        ("running_mean", prm), ("running_var", prv), ("save_mean", psm),
                        ("save_invstd", psi))

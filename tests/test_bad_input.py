@@ -249,6 +249,31 @@ def test_forward_save_outputs_checked(backend):
 
 
 @pytest.mark.parametrize("save", ["save_mean", "save_invstd"])
+@pytest.mark.parametrize("other", ["weight", "bias", "running_mean", "running_var"])
+def test_forward_save_output_is_an_operand(save, other, backend):
+    """A per-channel operand passed as save_mean or save_invstd (every array owning its memory,
+    where identity alone decides) is refused by name, and nothing is written."""
+    kw = _args()
+    before = _snapshot({k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
+    with pytest.raises(ValueError, match=f"{save} overlaps {other}"):
+        bnsym.batch_norm_forward(kw["input"], kw["weight"], kw["bias"], kw["running_mean"],
+                                 kw["running_var"], True, 0.1, 1e-5, backend=backend,
+                                 **{save: kw[other]})
+    _unchanged(before, {k: v for k, v in kw.items() if isinstance(v, np.ndarray)})
+
+
+def test_forward_save_outputs_one_array(backend):
+    kw = _args()
+    shared = np.zeros(C, F32)
+    with pytest.raises(ValueError, match="save_mean overlaps save_invstd|save_invstd overlaps "
+                                         "save_mean"):
+        bnsym.batch_norm_forward(kw["input"], kw["weight"], kw["bias"], kw["running_mean"],
+                                 kw["running_var"], True, 0.1, 1e-5, backend=backend,
+                                 save_mean=shared, save_invstd=shared)
+    np.testing.assert_array_equal(shared, 0.0)
+
+
+@pytest.mark.parametrize("save", ["save_mean", "save_invstd"])
 @pytest.mark.parametrize("other", ["weight", "running_var"])
 def test_forward_save_output_a_view_of_an_operand(save, other, backend):
     # A save output that does not own its memory (here a view of another operand) must be
