@@ -89,6 +89,13 @@
 #ifndef BNSYM_ROW_TILE_BYTES
 #define BNSYM_ROW_TILE_BYTES (4 << 20)
 #endif
+/* Bytes of per-lane coefficients that the element pass over lanes (rows of many channels) keeps
+ * in L1 (half of it): with more, it runs over the rows in blocks of lanes whose coefficients fit,
+ * block after block, instead of each whole chunk of lanes after the other (the same operations
+ * on every value, in another order). */
+#ifndef BNSYM_ELEM_LANE_BYTES
+#define BNSYM_ELEM_LANE_BYTES (16 << 10)
+#endif
 /* Strips shorter than this get their element pass a group of channels at a time, the strips of a
  * sample as one row of lanes (a loop per strip costs more than the values). */
 #ifndef BNSYM_ELEM_LANES_S
@@ -1518,6 +1525,35 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
         return;
     }
 #endif
+    {
+        /* the coefficients of L lanes take more than BNSYM_ELEM_LANE_BYTES (0 turns this off): lanes
+         * b0 .. b0+B-1 of every chunk of L values, then the next block of lanes, nb blocks of about
+         * equal size (a multiple of 16 lanes) whose coefficients fit */
+        const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (3 * (int64_t)sizeof(float));
+        if (fit >= 16 && fit < L) {
+            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+            int64_t b0;
+            for (b0 = 0; b0 < L; b0 += B) {
+                const int64_t wb = (L - b0 < B) ? L - b0 : B;
+                for (j0 = b0; j0 < len; j0 += L) {
+                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+                    int64_t j;
+                    const float *bn_x = a->x + off + j0;
+                    float *bn_y = a->y + off + j0;
+                    BNSYM_SIMD
+                    for (j = 0; j < w; ++j) {
+                        const float bn_mean_hi_t = bn_lane_bn_mean_hi[b0 + j];
+                        const float bn_y_k0_t = bn_lane_bn_y_k0[b0 + j];
+                        const float bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
+                        const float x_v = bn_x[j];
+                        const float bn_h0 = -bn_mean_hi_t + x_v;
+                        bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
+                    }
+                }
+            }
+            return;
+        }
+    }
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;
@@ -3012,6 +3048,35 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
         return;
     }
 #endif
+    {
+        /* the coefficients of L lanes take more than BNSYM_ELEM_LANE_BYTES (0 turns this off): lanes
+         * b0 .. b0+B-1 of every chunk of L values, then the next block of lanes, nb blocks of about
+         * equal size (a multiple of 16 lanes) whose coefficients fit */
+        const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (3 * (int64_t)sizeof(double));
+        if (fit >= 16 && fit < L) {
+            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+            int64_t b0;
+            for (b0 = 0; b0 < L; b0 += B) {
+                const int64_t wb = (L - b0 < B) ? L - b0 : B;
+                for (j0 = b0; j0 < len; j0 += L) {
+                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+                    int64_t j;
+                    const double *bn_x = a->x + off + j0;
+                    double *bn_y = a->y + off + j0;
+                    BNSYM_SIMD
+                    for (j = 0; j < w; ++j) {
+                        const double beta_t = bn_lane_beta[b0 + j];
+                        const double bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
+                        const double mean_t = bn_lane_mean[b0 + j];
+                        const double x_v = bn_x[j];
+                        const double xmu = -mean_t + x_v;
+                        bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
+                    }
+                }
+            }
+            return;
+        }
+    }
     for (j0 = 0; j0 < len; j0 += L) {
         const int64_t w = (len - j0 < L) ? (len - j0) : L;
         int64_t j;

@@ -434,6 +434,45 @@ def test_large_input_channel_blocks(dtype, shape, kernels, make_input, assert_cl
     np.testing.assert_array_equal(rv1, rv)
 
 
+@pytest.mark.parametrize("dtype,shape,layout", [
+    (F64, (70, 1000), "ncs"),        # rows: 2 blocks of 512 lanes (4 double coefficients), 488 last
+    (F32, (23, 3000), "ncs"),        # rows: 3 blocks of 1008 lanes (4 float coefficients), 984 last
+    (F64, (6, 1500, 3, 4), "nsc"),   # channels-last rows
+    (F64, (16, 512, 3, 3), "ncs"),   # short strips: a channel group's lanes (up to 2048), blocked
+    (F64, (2, 2000), "ncs"),         # the small-input schedule: one chunk of 2000 lanes
+])
+def test_element_pass_in_blocks_of_lanes(dtype, shape, layout, kernels, make_input, assert_close):
+    """When the element pass's per-lane coefficients outgrow BNSYM_ELEM_LANE_BYTES (16 KiB), it
+    runs over the rows in blocks of lanes: every value of every block, the last one shorter, at
+    1, 2 and 3 threads, in every pass (a block skipped leaves np.empty's zeros)."""
+    C = shape[1]
+    x = make_input(shape, dtype, layout, seed=31, loc=2.0, scale=0.5)
+    dy = make_input(shape, dtype, layout, seed=32)
+    w, b, rm, rv = _params(C, dtype, 33)
+    ry, rmean, rvar, rinv = R.forward_train(x, w, b, 1e-5)
+    sm, si = rmean.astype(dtype), rinv.astype(dtype)
+    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
+    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    before = bnsym.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            bnsym.set_num_threads(n)
+            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
+            ey, _, _ = bnsym.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
+            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
+            assert_close(y, ry, dtype, f"output, {n} threads")
+            assert_close(ey, R.forward_eval(x, w, b, rm, rv, 1e-5), dtype, f"eval output, {n} threads")
+            assert_close(m, rmean, dtype, f"save_mean, {n} threads")
+            assert_close(inv, rinv, dtype, f"save_invstd, {n} threads")
+            for a, e, what in ((gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
+                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
+                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
+                assert_close(a, e, dtype, f"{what}, {n} threads")
+    finally:
+        bnsym.set_num_threads(before)
+
+
 def test_num_threads_env_default():
     import subprocess
     import sys

@@ -129,7 +129,7 @@ def test_cli_define_refuses_a_macro_the_kernels_do_not_use(capsys):
     err = capsys.readouterr().err
     assert "never use BNSYM_CACHE_BYTE" in err
     for name in ("BNSYM_CACHE_BYTES", "BNSYM_STREAM_BYTES", "BNSYM_NO_STREAM", "BNSYM_SMALL_VALUES",
-                 "BNSYM_CHANNEL_BLOCK_BYTES"):
+                 "BNSYM_CHANNEL_BLOCK_BYTES", "BNSYM_ELEM_LANE_BYTES"):
         assert name in err  # the macros they do use
     assert not re.search(r"\b_OPENMP\b", err) and "compiling" not in err  # the compiler's own
     assert compare.main(["--base-define", "2X", "--cases", "4x8"]) == 2

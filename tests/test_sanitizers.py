@@ -9,7 +9,8 @@ six configurations of the kernels: ``-O1`` without OpenMP; the production flags 
 -DBNSYM_CACHE_BYTES=0``, which sends every contiguous input through the channel-block schedule
 that normally only inputs over 16 MiB take; ``-DBNSYM_SMALL_VALUES=0``, which sends small inputs
 through the lane schedules instead of the small-input one (with ``-DBNSYM_ROW_TILE_BYTES=0``:
-float32 rows summed row by row, as normally only rows over 4 MiB per thread are); the
+float32 rows summed row by row, as normally only rows over 4 MiB per thread are; with
+``-DBNSYM_ELEM_LANE_BYTES=512``: the element pass over lanes in blocks of a few lanes); the
 production flags with
 ``-DBNSYM_STREAM_BYTES=0``, with which every call streams its outputs (normally only calls that
 read and write 32 MiB or more); and, without OpenMP, every input through the small-input
@@ -44,11 +45,13 @@ CONFIGS = {
     "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                                  "-DBNSYM_CACHE_BYTES=0", "-DBNSYM_MIN_WORK=1"],
     # small inputs take the lane schedules too (normally they are summed strip by strip as one
-    # block), and float32 rows are summed row by row where their sums fit in L1 (normally only
-    # rows of more than 4 MiB per thread: smaller ones are summed in tiles)
+    # block), float32 rows are summed row by row where their sums fit in L1 (normally only
+    # rows of more than 4 MiB per thread: smaller ones are summed in tiles), and the element pass
+    # over lanes runs in blocks of 16-48 lanes (normally only where the lanes' coefficients take
+    # more than 16 KiB: 512 double lanes of the backward)
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                            "-DBNSYM_SMALL_VALUES=0", "-DBNSYM_MIN_WORK=1",
-                           "-DBNSYM_ROW_TILE_BYTES=0"],
+                           "-DBNSYM_ROW_TILE_BYTES=0", "-DBNSYM_ELEM_LANE_BYTES=512"],
     # every call streams its outputs (normally only those reading and writing 32 MiB or more)
     "O3-native-openmp-stream": ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
                                 "-fopenmp", "-DBNSYM_STREAM_BYTES=0", "-DBNSYM_MIN_WORK=1"],
