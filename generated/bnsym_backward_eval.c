@@ -1396,11 +1396,11 @@ static void bnsym_backward_eval_f32_elements_lanes(const bnsym_backward_eval_f32
     }
 #endif
     {
-        /* the coefficients of L lanes take more than BNSYM_ELEM_LANE_BYTES (0 turns this off): lanes
-         * b0 .. b0+B-1 of every chunk of L values, then the next block of lanes, nb blocks of about
-         * equal size (a multiple of 16 lanes) whose coefficients fit */
+        /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
+         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
+         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (2 * (int64_t)sizeof(float));
-        if (fit >= 16 && fit < L) {
+        if (fit >= 16 && fit < L && len > L) {
             const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
             int64_t b0;
             for (b0 = 0; b0 < L; b0 += B) {
@@ -2651,11 +2651,11 @@ static void bnsym_backward_eval_f64_elements_lanes(const bnsym_backward_eval_f64
     }
 #endif
     {
-        /* the coefficients of L lanes take more than BNSYM_ELEM_LANE_BYTES (0 turns this off): lanes
-         * b0 .. b0+B-1 of every chunk of L values, then the next block of lanes, nb blocks of about
-         * equal size (a multiple of 16 lanes) whose coefficients fit */
+        /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
+         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
+         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (1 * (int64_t)sizeof(double));
-        if (fit >= 16 && fit < L) {
+        if (fit >= 16 && fit < L && len > L) {
             const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
             int64_t b0;
             for (b0 = 0; b0 < L; b0 += B) {
