@@ -83,11 +83,13 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
-/* Bytes of reduction input per thread up to which the float32 pass over rows (channels-last,
- * (N, C)) sums them in tiles, groups of rows in registers, rather than row by row: rows that stay
- * in the cache are summed faster in tiles, rows read from memory row by row, in address order. */
+/* Bytes of reduction input (all threads' rows) up to which the float32 pass over rows
+ * (channels-last, (N, C)) sums them in tiles, groups of rows in registers, rather than row by
+ * row: rows that stay in the cache (about half the last-level cache, which the threads share, as
+ * BNSYM_CACHE_BYTES) are summed faster in tiles, rows read from memory row by row, in address
+ * order. */
 #ifndef BNSYM_ROW_TILE_BYTES
-#define BNSYM_ROW_TILE_BYTES (4 << 20)
+#define BNSYM_ROW_TILE_BYTES (16 << 20)
 #endif
 /* Bytes of per-lane coefficients that the element pass over lanes (rows of many channels) keeps
  * in L1 (half of it): with more, it runs over the rows in blocks of lanes whose coefficients fit,
@@ -1851,9 +1853,10 @@ static int bnsym_forward_train_f32_run_rows(bnsym_forward_train_f32_ctx *a, int 
     L = C * Ur;
     RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    /* the rows each thread's reduction reads stay in the cache: the float pass sums them in tiles */
+    /* the rows the reduction reads stay in the cache (shared by the threads): the float pass sums
+     * them in tiles */
     a->row_tiles = (double)R * (double)C * (double)sizeof(float) * 1.0
-        <= (double)BNSYM_ROW_TILE_BYTES * (double)nt;
+        <= (double)BNSYM_ROW_TILE_BYTES;
     wsz = bnsym_forward_train_f32_work_size(C, L, C);
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));
