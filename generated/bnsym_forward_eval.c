@@ -109,6 +109,11 @@
 #ifndef BNSYM_STRIP_ROWS
 #define BNSYM_STRIP_ROWS 8
 #endif
+/* The same bound for float32 kernels whose sums need no shift (the backward): their lanes, float
+ * partial sums added in double, cost less than the double lanes of the others. */
+#ifndef BNSYM_STRIP_ROWS_F32
+#define BNSYM_STRIP_ROWS_F32 4
+#endif
 /* Inputs of at most BNSYM_SMALL_VALUES values in at most BNSYM_SMALL_SAMPLES samples (layout
  * ncs, S > 1) or BNSYM_SMALL_ROWS rows (channels-last, or S == 1) are handled as one block whose
  * channels are summed strip by strip, with one workspace allocation: no lanes to set up, zero
@@ -124,7 +129,8 @@
 #define BNSYM_SMALL_ROWS 32
 #endif
 /* Kernels whose sums need no shift (no second pass) also sum strip by strip when the rows are
- * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values. */
+ * at most R * BNSYM_STRIP_ROWS / BNSYM_STRIP_S for strips of R values (BNSYM_STRIP_ROWS_F32 for
+ * float32). */
 #define BNSYM_STRIP_S 128
 /* Rows of a wide-row reduction summed in registers before updating the partial sums. */
 #define BNSYM_WIDE_ROWS 4

@@ -474,6 +474,37 @@ def test_element_pass_in_blocks_of_lanes(dtype, shape, layout, kernels, make_inp
         bnsym.set_num_threads(before)
 
 
+@pytest.mark.parametrize("shape", [(3, 96, 8, 8), (4, 96, 8, 8), (5, 80, 7, 7), (7, 200, 14, 14),
+                                   (9, 64, 3, 3)])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_short_strips_of_few_samples(shape, dtype, kernels, make_input, assert_close):
+    """Short strips (S < 256) of a few samples: summed strip by strip below BNSYM_STRIP_ROWS
+    samples (8; 4 for the float32 backward, whose float lanes cost less), else in lanes; every
+    pass against the reference, at 1 and 2 threads (BNSYM_MIN_WORK lets the larger run 2)."""
+    C = shape[1]
+    x = make_input(shape, dtype, seed=41, loc=-3.0, scale=0.25)
+    dy = make_input(shape, dtype, seed=42)
+    w, b, rm, rv = _params(C, dtype, 43)
+    ry, rmean, _, rinv = R.forward_train(x, w, b, 1e-5)
+    sm, si = rmean.astype(dtype), rinv.astype(dtype)
+    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
+    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    before = bnsym.get_num_threads()
+    try:
+        for n in (1, 2):
+            bnsym.set_num_threads(n)
+            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
+            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
+            for a, e, what in ((y, ry, "output"), (m, rmean, "save_mean"), (inv, rinv, "save_invstd"),
+                               (gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
+                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
+                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
+                assert_close(a, e, dtype, f"{what}, {n} threads")
+    finally:
+        bnsym.set_num_threads(before)
+
+
 def test_num_threads_env_default():
     import subprocess
     import sys
