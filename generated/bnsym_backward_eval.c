@@ -99,9 +99,13 @@
 #define BNSYM_ELEM_LANE_BYTES (16 << 10)
 #endif
 /* Strips shorter than this get their element pass a group of channels at a time, the strips of a
- * sample as one row of lanes (a loop per strip costs more than the values). */
+ * sample as one row of lanes (a loop per strip costs more than the values); _F64 for double,
+ * whose lanes hold half as many values per byte of coefficients. */
 #ifndef BNSYM_ELEM_LANES_S
 #define BNSYM_ELEM_LANES_S 16
+#endif
+#ifndef BNSYM_ELEM_LANES_S_F64
+#define BNSYM_ELEM_LANES_S_F64 8
 #endif
 /* Rows below which a block of short strips (grouped channels, small batch) is summed strip by
  * strip into per-channel sums instead of into lane accumulators (which cost L lanes zeroed and
@@ -1553,12 +1557,20 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
                         for (cc = c0; cc < c1; ++cc)
                             bnsym_backward_eval_f32_elements_ncs(a, cc, (n * C + cc) * S, S);
                 } else {
-                    /* very short strips: the group's strips of a sample as one row of
-                     * (c1 - c0) * S lanes */
+                    /* very short strips: the group's strips of a sample as one row of lanes, in
+                     * sub-groups of about equal size, cs channels whose coefficient lanes take at
+                     * most BNSYM_ELEM_LANE_BYTES (kept in L1 from one sample to the next) */
                     float *lanes = p->glanes + (size_t)tid * 2 * (size_t)(Cg * S);
-                    bnsym_backward_eval_f32_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
-                    for (n = n0; n < n1; ++n)
-                        bnsym_backward_eval_f32_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, wide);
+                    const int64_t per = 2 * S * (int64_t)sizeof(float);
+                    const int64_t fit = ((int64_t)BNSYM_ELEM_LANE_BYTES >= per) ? (int64_t)BNSYM_ELEM_LANE_BYTES / per : c1 - c0;
+                    const int64_t nsg = (c1 - c0 + fit - 1) / fit, cs = (c1 - c0 + nsg - 1) / nsg;
+                    int64_t cb;
+                    for (cb = c0; cb < c1; cb += cs) {
+                        const int64_t ce = (c1 - cb < cs) ? c1 : cb + cs;
+                        bnsym_backward_eval_f32_coef_lanes(a, lanes, (ce - cb) * S, cb, ce - cb, S);
+                        for (n = n0; n < n1; ++n)
+                            bnsym_backward_eval_f32_elements_lanes(a, lanes, (n * C + cb) * S, (ce - cb) * S, (ce - cb) * S, wide);
+                    }
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -2796,19 +2808,27 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
                 const int64_t n0 = (u / ng) * RBe, c0 = (u % ng) * Cg;
                 const int64_t n1 = (n0 + RBe < N) ? n0 + RBe : N, c1 = (c0 + Cg < C) ? c0 + Cg : C;
                 int64_t n;
-                if (S >= BNSYM_ELEM_LANES_S) {
+                if (S >= BNSYM_ELEM_LANES_S_F64) {
                     /* strip by strip (strips long enough for a vector loop) */
                     int64_t cc;
                     for (n = n0; n < n1; ++n)
                         for (cc = c0; cc < c1; ++cc)
                             bnsym_backward_eval_f64_elements_ncs(a, cc, (n * C + cc) * S, S);
                 } else {
-                    /* very short strips: the group's strips of a sample as one row of
-                     * (c1 - c0) * S lanes */
+                    /* very short strips: the group's strips of a sample as one row of lanes, in
+                     * sub-groups of about equal size, cs channels whose coefficient lanes take at
+                     * most BNSYM_ELEM_LANE_BYTES (kept in L1 from one sample to the next) */
                     double *lanes = p->glanes + (size_t)tid * 1 * (size_t)(Cg * S);
-                    bnsym_backward_eval_f64_coef_lanes(a, lanes, (c1 - c0) * S, c0, c1 - c0, S);
-                    for (n = n0; n < n1; ++n)
-                        bnsym_backward_eval_f64_elements_lanes(a, lanes, (n * C + c0) * S, (c1 - c0) * S, (c1 - c0) * S, 0);
+                    const int64_t per = 1 * S * (int64_t)sizeof(double);
+                    const int64_t fit = ((int64_t)BNSYM_ELEM_LANE_BYTES >= per) ? (int64_t)BNSYM_ELEM_LANE_BYTES / per : c1 - c0;
+                    const int64_t nsg = (c1 - c0 + fit - 1) / fit, cs = (c1 - c0 + nsg - 1) / nsg;
+                    int64_t cb;
+                    for (cb = c0; cb < c1; cb += cs) {
+                        const int64_t ce = (c1 - cb < cs) ? c1 : cb + cs;
+                        bnsym_backward_eval_f64_coef_lanes(a, lanes, (ce - cb) * S, cb, ce - cb, S);
+                        for (n = n0; n < n1; ++n)
+                            bnsym_backward_eval_f64_elements_lanes(a, lanes, (n * C + cb) * S, (ce - cb) * S, (ce - cb) * S, 0);
+                    }
                 }
             } else {
                 const int64_t q = u / nsb, s0 = (u % nsb) * sb;
@@ -2851,7 +2871,7 @@ static int bnsym_backward_eval_f64_run_ncs(bnsym_backward_eval_f64_ctx *a, int n
     double *wbuf = NULL;
     bnsym_backward_eval_f64_state *st = NULL;
     bnsym_backward_eval_f64_scratch *sc = NULL;
-    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S) {
+    if (grouped && need_elem && S < BNSYM_ELEM_LANES_S_F64) {
         glanes = (double *)bnsym_alloc((size_t)nt * 1 * (size_t)(Cg * S), sizeof(double));
         if (glanes == NULL)
             return -1;

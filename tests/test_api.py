@@ -505,6 +505,42 @@ def test_short_strips_of_few_samples(shape, dtype, kernels, make_input, assert_c
         bnsym.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype,shape", [
+    (F32, (16, 600, 3, 3)),   # float32 lanes: sub-groups of 151 channels (16 KiB of coefficients)
+    (F64, (16, 700, 2, 3)),   # float64 lanes (S < 8): sub-groups of 113 channels, 2 in the last
+    (F64, (16, 300, 3, 3)),   # float64 strip by strip (S >= 8)
+])
+def test_very_short_strips(dtype, shape, kernels, make_input, assert_close):
+    """Very short strips (float32 S < 16, float64 S < 8): the element pass runs over a channel
+    group's strips of each sample as one row of lanes, in sub-groups of channels whose
+    coefficient lanes fit in L1, the last one shorter; every pass at 1 and 2 threads against the
+    reference (a sub-group skipped leaves np.empty's zeros)."""
+    C = shape[1]
+    x = make_input(shape, dtype, seed=51, loc=1.5, scale=0.5)
+    dy = make_input(shape, dtype, seed=52)
+    w, b, rm, rv = _params(C, dtype, 53)
+    ry, rmean, _, rinv = R.forward_train(x, w, b, 1e-5)
+    sm, si = rmean.astype(dtype), rinv.astype(dtype)
+    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
+    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    before = bnsym.get_num_threads()
+    try:
+        for n in (1, 2):
+            bnsym.set_num_threads(n)
+            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
+            ey, _, _ = bnsym.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
+            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
+            for a, e, what in ((y, ry, "output"), (ey, R.forward_eval(x, w, b, rm, rv, 1e-5), "eval output"),
+                               (m, rmean, "save_mean"), (inv, rinv, "save_invstd"),
+                               (gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
+                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
+                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
+                assert_close(a, e, dtype, f"{what}, {n} threads")
+    finally:
+        bnsym.set_num_threads(before)
+
+
 def test_num_threads_env_default():
     import subprocess
     import sys
