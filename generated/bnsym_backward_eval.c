@@ -46,7 +46,9 @@
 /* Strips shorter than this (layout ncs) are reduced a group of channels at a time, the strips
  * of the group side by side as up to BNSYM_GROUP_LANES lanes. */
 #define BNSYM_SMALL_S 256
+#ifndef BNSYM_GROUP_LANES
 #define BNSYM_GROUP_LANES 2048
+#endif
 /* Samples per unit of short strips, at least: a unit's lanes are zeroed, filled and folded
  * once for all of them. */
 #define BNSYM_GROUP_ROWS 32
