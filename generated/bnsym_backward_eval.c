@@ -85,11 +85,11 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
-/* Bytes of reduction input (all threads' rows) up to which the float32 pass over rows
- * (channels-last, (N, C)) sums them in tiles, groups of rows in registers, rather than row by
- * row: rows that stay in the cache (about half the last-level cache, which the threads share, as
- * BNSYM_CACHE_BYTES) are summed faster in tiles, rows read from memory row by row, in address
- * order. */
+/* Bytes of reduction input (all threads' rows; half of it per thread) up to which the float32
+ * pass over rows (channels-last, (N, C)) sums them in tiles, groups of rows in registers, rather
+ * than row by row: rows that stay in the cache (about half the last-level cache, which the
+ * threads share, as BNSYM_CACHE_BYTES) are summed faster in tiles, rows read from memory row by
+ * row, in address order. */
 #ifndef BNSYM_ROW_TILE_BYTES
 #define BNSYM_ROW_TILE_BYTES (16 << 20)
 #endif
@@ -1743,10 +1743,12 @@ static int bnsym_backward_eval_f32_run_rows(bnsym_backward_eval_f32_ctx *a, int 
     L = C * Ur;
     RB = (BNSYM_ROW_BLOCK / C > BNSYM_BLOCK_ROWS) ? BNSYM_ROW_BLOCK / C : BNSYM_BLOCK_ROWS;
     RB = (RB + Ur - 1) / Ur * Ur; /* rows per block: whole super-rows, per-block work amortized */
-    /* the rows the reduction reads stay in the cache (shared by the threads): the float pass sums
-     * them in tiles */
-    a->row_tiles = (double)R * (double)C * (double)sizeof(float) * 2.0
-        <= (double)BNSYM_ROW_TILE_BYTES;
+    /* the rows the reduction reads stay in the cache, which the threads share (at most
+     * BNSYM_ROW_TILE_BYTES in all, half of it per thread): the float pass sums them in tiles */
+    {
+        const double bytes = (double)R * (double)C * (double)sizeof(float) * 2.0;
+        a->row_tiles = bytes <= (double)BNSYM_ROW_TILE_BYTES && bytes <= 0.5 * (double)BNSYM_ROW_TILE_BYTES * (double)nt;
+    }
     wsz = bnsym_backward_eval_f32_work_size(C, L, C);
     if (need_red) {
         wbuf = (double *)bnsym_alloc((size_t)nt * wsz, sizeof(double));

@@ -85,11 +85,11 @@
 /* Doubles of sums and lane inputs up to which the double reduction pass sums super-rows of
  * several tiles row by row (in address order, sums in L1) rather than tile by tile. */
 #define BNSYM_ROW_SUMS_MAX 2048
-/* Bytes of reduction input (all threads' rows) up to which the float32 pass over rows
- * (channels-last, (N, C)) sums them in tiles, groups of rows in registers, rather than row by
- * row: rows that stay in the cache (about half the last-level cache, which the threads share, as
- * BNSYM_CACHE_BYTES) are summed faster in tiles, rows read from memory row by row, in address
- * order. */
+/* Bytes of reduction input (all threads' rows; half of it per thread) up to which the float32
+ * pass over rows (channels-last, (N, C)) sums them in tiles, groups of rows in registers, rather
+ * than row by row: rows that stay in the cache (about half the last-level cache, which the
+ * threads share, as BNSYM_CACHE_BYTES) are summed faster in tiles, rows read from memory row by
+ * row, in address order. */
 #ifndef BNSYM_ROW_TILE_BYTES
 #define BNSYM_ROW_TILE_BYTES (16 << 20)
 #endif
