@@ -9,7 +9,7 @@ six configurations of the kernels: ``-O1`` without OpenMP; the production flags 
 -DBNSYM_CACHE_BYTES=0``, which sends every contiguous input through the channel-block schedule
 that normally only inputs over 16 MiB take; ``-DBNSYM_SMALL_VALUES=0``, which sends small inputs
 through the lane schedules instead of the small-input one (with ``-DBNSYM_ROW_TILE_BYTES=0``:
-float32 rows summed row by row, as normally only rows over 16 MiB per thread are; with
+float32 rows summed row by row, as normally only rows over 16 MiB in all or 8 MiB per thread are; with
 ``-DBNSYM_ELEM_LANE_BYTES=512``: the element pass over lanes in blocks of a few lanes); the
 production flags with
 ``-DBNSYM_STREAM_BYTES=0``, with which every call streams its outputs (normally only calls that
@@ -45,10 +45,10 @@ CONFIGS = {
     "O3-openmp-channel-blocks": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                                  "-DBNSYM_CACHE_BYTES=0", "-DBNSYM_MIN_WORK=1"],
     # small inputs take the lane schedules too (normally they are summed strip by strip as one
-    # block), float32 rows are summed row by row where their sums fit in L1 (normally only
-    # rows of more than 16 MiB per thread: smaller ones are summed in tiles), and the element pass
-    # over lanes runs in blocks of 16-48 lanes (normally only where the lanes' coefficients take
-    # more than 16 KiB: 512 double lanes of the backward)
+    # block), float32 rows are summed row by row where their sums fit in L1 (normally only rows
+    # of more than 16 MiB in all or 8 MiB per thread: smaller ones are summed in tiles), and the
+    # element pass over lanes runs in blocks of 16-48 lanes, very short strips in sub-groups of a
+    # few channels (normally only where the lanes' coefficients take more than 16 KiB)
     "O3-openmp-no-small": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                            "-DBNSYM_SMALL_VALUES=0", "-DBNSYM_MIN_WORK=1",
                            "-DBNSYM_ROW_TILE_BYTES=0", "-DBNSYM_ELEM_LANE_BYTES=512"],
