@@ -1727,9 +1727,13 @@ static int bnsym_forward_train_f32_run_ncs(bnsym_forward_train_f32_ctx *a, int n
     const int64_t ng = (C + Cg - 1) / Cg;
     const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
-    /* the element pass: fewer samples per unit (each unit's runs of strips continue the
-     * previous unit's, in address order) */
-    const int64_t RBe = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
+    /* the element pass: over a group's lanes (very short strips), blocks of fewer samples per
+     * unit than the reduction's, which set the lanes up once for several samples (each unit's
+     * runs of strips continue the previous unit's); strip by strip, one sample per unit, so
+     * that the units, and each thread's range of them, run in address order (one stream of
+     * input and one of output, not one per sample of a block) */
+    const int64_t RBe = (S >= BNSYM_ELEM_LANES_S) ? 1
+        : (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
     const int64_t units_e = grouped ? ((N + RBe - 1) / RBe) * ng : units;
     const int need_red = 1;
     const int need_elem = 1;
@@ -3261,9 +3265,13 @@ static int bnsym_forward_train_f64_run_ncs(bnsym_forward_train_f64_ctx *a, int n
     const int64_t ng = (C + Cg - 1) / Cg;
     const int64_t RBn = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_GROUP_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_GROUP_ROWS;
     const int64_t units = grouped ? ((N + RBn - 1) / RBn) * ng : N * C * nsb;
-    /* the element pass: fewer samples per unit (each unit's runs of strips continue the
-     * previous unit's, in address order) */
-    const int64_t RBe = (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
+    /* the element pass: over a group's lanes (very short strips), blocks of fewer samples per
+     * unit than the reduction's, which set the lanes up once for several samples (each unit's
+     * runs of strips continue the previous unit's); strip by strip, one sample per unit, so
+     * that the units, and each thread's range of them, run in address order (one stream of
+     * input and one of output, not one per sample of a block) */
+    const int64_t RBe = (S >= BNSYM_ELEM_LANES_S_F64) ? 1
+        : (BNSYM_BLOCK * 2 / (Cg * S) > BNSYM_ELEM_ROWS) ? BNSYM_BLOCK * 2 / (Cg * S) : BNSYM_ELEM_ROWS;
     const int64_t units_e = grouped ? ((N + RBe - 1) / RBe) * ng : units;
     const int need_red = 1;
     const int need_elem = 1;

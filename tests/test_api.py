@@ -509,12 +509,14 @@ def test_short_strips_of_few_samples(shape, dtype, kernels, make_input, assert_c
     (F32, (16, 600, 3, 3)),   # float32 lanes: sub-groups of 151 channels (16 KiB of coefficients)
     (F64, (16, 700, 2, 3)),   # float64 lanes (S < 8): sub-groups of 113 channels, 2 in the last
     (F64, (16, 300, 3, 3)),   # float64 strip by strip (S >= 8)
+    (F32, (32, 160, 7, 7)),   # strip by strip (S >= 16): element units of one sample's group
 ])
 def test_very_short_strips(dtype, shape, kernels, make_input, assert_close):
     """Very short strips (float32 S < 16, float64 S < 8): the element pass runs over a channel
     group's strips of each sample as one row of lanes, in sub-groups of channels whose
-    coefficient lanes fit in L1, the last one shorter; every pass at 1 and 2 threads against the
-    reference (a sub-group skipped leaves np.empty's zeros)."""
+    coefficient lanes fit in L1, the last one shorter; longer ones strip by strip, in units of one
+    sample's channel group, in address order. Every pass at 1 and 2 threads against the reference
+    (a sub-group or unit skipped leaves np.empty's zeros)."""
     C = shape[1]
     x = make_input(shape, dtype, seed=51, loc=1.5, scale=0.5)
     dy = make_input(shape, dtype, seed=52)
