@@ -51,7 +51,9 @@
 #endif
 /* Samples per unit of short strips, at least: a unit's lanes are zeroed, filled and folded
  * once for all of them. */
+#ifndef BNSYM_GROUP_ROWS
 #define BNSYM_GROUP_ROWS 32
+#endif
 /* Samples per unit of the short-strip element pass, at least. */
 #define BNSYM_ELEM_ROWS 8
 /* Doubles of per-channel lanes a thread may keep for long ncs strips (else block by block). */
