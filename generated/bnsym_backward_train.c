@@ -1422,6 +1422,42 @@ static void bnsym_backward_train_f32_coef_rows(const bnsym_backward_train_f32_ct
     }
 }
 
+/* bnsym_backward_train_f32_elements_lanes over several chunks of L lanes whose coefficients take more than
+ * BNSYM_ELEM_LANE_BYTES (fit lanes' worth): lanes b0 .. b0+B-1 of every chunk, then the next block
+ * of lanes, nb blocks of about equal size (a multiple of 16 lanes) whose coefficients fit, so that
+ * they stay in L1 from one chunk to the next (the same operations on every value). */
+static __attribute__((noinline)) void bnsym_backward_train_f32_elements_lane_blocks(const bnsym_backward_train_f32_ctx *a, const float *lanes, int64_t off,
+    int64_t len, int64_t L, int64_t fit)
+{
+    const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+    int64_t b0, j0;
+    const float *bn_lane_bn_grad_input_k0 = lanes + 0 * L;
+    const float *bn_lane_bn_grad_input_k0_1 = lanes + 1 * L;
+    const float *bn_lane_bn_mean_hi = lanes + 2 * L;
+    const float *bn_lane_dx_k_dy = lanes + 3 * L;
+    for (b0 = 0; b0 < L; b0 += B) {
+        const int64_t wb = (L - b0 < B) ? L - b0 : B;
+        for (j0 = b0; j0 < len; j0 += L) {
+            const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+            int64_t j;
+            const float *bn_grad_output = a->grad_output + off + j0;
+            const float *bn_x = a->x + off + j0;
+            float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
+            BNSYM_SIMD
+            for (j = 0; j < w; ++j) {
+                const float bn_grad_input_k0_t = bn_lane_bn_grad_input_k0[b0 + j];
+                const float bn_grad_input_k0_1_t = bn_lane_bn_grad_input_k0_1[b0 + j];
+                const float bn_mean_hi_t = bn_lane_bn_mean_hi[b0 + j];
+                const float dx_k_dy_t = bn_lane_dx_k_dy[b0 + j];
+                const float dy = bn_grad_output[j];
+                const float x_v = bn_x[j];
+                const float bn_h0 = -bn_mean_hi_t + x_v;
+                bn_grad_input[j] = bn_grad_input_k0_1_t*bn_h0 + bn_grad_input_k0_t + dx_k_dy_t*dy;
+            }
+        }
+    }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
  * coefficients are out of the array type's range (bnsym_backward_train_f32_needs_wide). */
@@ -1533,33 +1569,13 @@ static void bnsym_backward_train_f32_elements_lanes(const bnsym_backward_train_f
 #endif
     {
         /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
-         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
-         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
+         * turns this off), the arrays of the pass in the cache (BNSYM_CACHE_BYTES in all; read
+         * from memory, whole rows stream faster): in blocks of lanes (a function of its own: this
+         * one's loops stay as they are) */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (4 * (int64_t)sizeof(float));
-        if (fit >= 16 && fit < L && len > L) {
-            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
-            int64_t b0;
-            for (b0 = 0; b0 < L; b0 += B) {
-                const int64_t wb = (L - b0 < B) ? L - b0 : B;
-                for (j0 = b0; j0 < len; j0 += L) {
-                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
-                    int64_t j;
-                    const float *bn_grad_output = a->grad_output + off + j0;
-                    const float *bn_x = a->x + off + j0;
-                    float *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
-                    BNSYM_SIMD
-                    for (j = 0; j < w; ++j) {
-                        const float bn_grad_input_k0_t = bn_lane_bn_grad_input_k0[b0 + j];
-                        const float bn_grad_input_k0_1_t = bn_lane_bn_grad_input_k0_1[b0 + j];
-                        const float bn_mean_hi_t = bn_lane_bn_mean_hi[b0 + j];
-                        const float dx_k_dy_t = bn_lane_dx_k_dy[b0 + j];
-                        const float dy = bn_grad_output[j];
-                        const float x_v = bn_x[j];
-                        const float bn_h0 = -bn_mean_hi_t + x_v;
-                        bn_grad_input[j] = bn_grad_input_k0_1_t*bn_h0 + bn_grad_input_k0_t + dx_k_dy_t*dy;
-                    }
-                }
-            }
+        if (fit >= 16 && fit < L && len > L
+            && 3.0 * (double)a->N * (double)a->C * (double)a->S * (double)sizeof(float) <= (double)BNSYM_CACHE_BYTES) {
+            bnsym_backward_train_f32_elements_lane_blocks(a, lanes, off, len, L, fit);
             return;
         }
     }
@@ -2887,6 +2903,42 @@ static void bnsym_backward_train_f64_coef_rows(const bnsym_backward_train_f64_ct
     }
 }
 
+/* bnsym_backward_train_f64_elements_lanes over several chunks of L lanes whose coefficients take more than
+ * BNSYM_ELEM_LANE_BYTES (fit lanes' worth): lanes b0 .. b0+B-1 of every chunk, then the next block
+ * of lanes, nb blocks of about equal size (a multiple of 16 lanes) whose coefficients fit, so that
+ * they stay in L1 from one chunk to the next (the same operations on every value). */
+static __attribute__((noinline)) void bnsym_backward_train_f64_elements_lane_blocks(const bnsym_backward_train_f64_ctx *a, const double *lanes, int64_t off,
+    int64_t len, int64_t L, int64_t fit)
+{
+    const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+    int64_t b0, j0;
+    const double *bn_lane_bn_grad_input_k0_2 = lanes + 0 * L;
+    const double *bn_lane_dx_k0 = lanes + 1 * L;
+    const double *bn_lane_dx_k_dy = lanes + 2 * L;
+    const double *bn_lane_mean = lanes + 3 * L;
+    for (b0 = 0; b0 < L; b0 += B) {
+        const int64_t wb = (L - b0 < B) ? L - b0 : B;
+        for (j0 = b0; j0 < len; j0 += L) {
+            const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+            int64_t j;
+            const double *bn_grad_output = a->grad_output + off + j0;
+            const double *bn_x = a->x + off + j0;
+            double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
+            BNSYM_SIMD
+            for (j = 0; j < w; ++j) {
+                const double bn_grad_input_k0_2_t = bn_lane_bn_grad_input_k0_2[b0 + j];
+                const double dx_k0_t = bn_lane_dx_k0[b0 + j];
+                const double dx_k_dy_t = bn_lane_dx_k_dy[b0 + j];
+                const double mean_t = bn_lane_mean[b0 + j];
+                const double dy = bn_grad_output[j];
+                const double x_v = bn_x[j];
+                const double xmu = -mean_t + x_v;
+                bn_grad_input[j] = bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy;
+            }
+        }
+    }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
  * coefficients are out of the array type's range (bnsym_backward_train_f64_needs_wide). */
@@ -2998,33 +3050,13 @@ static void bnsym_backward_train_f64_elements_lanes(const bnsym_backward_train_f
 #endif
     {
         /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
-         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
-         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
+         * turns this off), the arrays of the pass in the cache (BNSYM_CACHE_BYTES in all; read
+         * from memory, whole rows stream faster): in blocks of lanes (a function of its own: this
+         * one's loops stay as they are) */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (4 * (int64_t)sizeof(double));
-        if (fit >= 16 && fit < L && len > L) {
-            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
-            int64_t b0;
-            for (b0 = 0; b0 < L; b0 += B) {
-                const int64_t wb = (L - b0 < B) ? L - b0 : B;
-                for (j0 = b0; j0 < len; j0 += L) {
-                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
-                    int64_t j;
-                    const double *bn_grad_output = a->grad_output + off + j0;
-                    const double *bn_x = a->x + off + j0;
-                    double *bn_grad_input = (a->grad_input != NULL) ? a->grad_input + off + j0 : NULL;
-                    BNSYM_SIMD
-                    for (j = 0; j < w; ++j) {
-                        const double bn_grad_input_k0_2_t = bn_lane_bn_grad_input_k0_2[b0 + j];
-                        const double dx_k0_t = bn_lane_dx_k0[b0 + j];
-                        const double dx_k_dy_t = bn_lane_dx_k_dy[b0 + j];
-                        const double mean_t = bn_lane_mean[b0 + j];
-                        const double dy = bn_grad_output[j];
-                        const double x_v = bn_x[j];
-                        const double xmu = -mean_t + x_v;
-                        bn_grad_input[j] = bn_grad_input_k0_2_t*xmu + dx_k0_t + dx_k_dy_t*dy;
-                    }
-                }
-            }
+        if (fit >= 16 && fit < L && len > L
+            && 3.0 * (double)a->N * (double)a->C * (double)a->S * (double)sizeof(double) <= (double)BNSYM_CACHE_BYTES) {
+            bnsym_backward_train_f64_elements_lane_blocks(a, lanes, off, len, L, fit);
             return;
         }
     }

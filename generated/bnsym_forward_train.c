@@ -1446,6 +1446,38 @@ static void bnsym_forward_train_f32_coef_rows(const bnsym_forward_train_f32_ctx 
     }
 }
 
+/* bnsym_forward_train_f32_elements_lanes over several chunks of L lanes whose coefficients take more than
+ * BNSYM_ELEM_LANE_BYTES (fit lanes' worth): lanes b0 .. b0+B-1 of every chunk, then the next block
+ * of lanes, nb blocks of about equal size (a multiple of 16 lanes) whose coefficients fit, so that
+ * they stay in L1 from one chunk to the next (the same operations on every value). */
+static __attribute__((noinline)) void bnsym_forward_train_f32_elements_lane_blocks(const bnsym_forward_train_f32_ctx *a, const float *lanes, int64_t off,
+    int64_t len, int64_t L, int64_t fit)
+{
+    const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+    int64_t b0, j0;
+    const float *bn_lane_bn_mean_hi = lanes + 0 * L;
+    const float *bn_lane_bn_y_k0 = lanes + 1 * L;
+    const float *bn_lane_bn_y_k0_1 = lanes + 2 * L;
+    for (b0 = 0; b0 < L; b0 += B) {
+        const int64_t wb = (L - b0 < B) ? L - b0 : B;
+        for (j0 = b0; j0 < len; j0 += L) {
+            const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+            int64_t j;
+            const float *bn_x = a->x + off + j0;
+            float *bn_y = a->y + off + j0;
+            BNSYM_SIMD
+            for (j = 0; j < w; ++j) {
+                const float bn_mean_hi_t = bn_lane_bn_mean_hi[b0 + j];
+                const float bn_y_k0_t = bn_lane_bn_y_k0[b0 + j];
+                const float bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
+                const float x_v = bn_x[j];
+                const float bn_h0 = -bn_mean_hi_t + x_v;
+                bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
+            }
+        }
+    }
+}
+
 /* Element pass (float) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
  * coefficients are out of the array type's range (bnsym_forward_train_f32_needs_wide). */
@@ -1543,30 +1575,13 @@ static void bnsym_forward_train_f32_elements_lanes(const bnsym_forward_train_f32
 #endif
     {
         /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
-         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
-         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
+         * turns this off), the arrays of the pass in the cache (BNSYM_CACHE_BYTES in all; read
+         * from memory, whole rows stream faster): in blocks of lanes (a function of its own: this
+         * one's loops stay as they are) */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (3 * (int64_t)sizeof(float));
-        if (fit >= 16 && fit < L && len > L) {
-            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
-            int64_t b0;
-            for (b0 = 0; b0 < L; b0 += B) {
-                const int64_t wb = (L - b0 < B) ? L - b0 : B;
-                for (j0 = b0; j0 < len; j0 += L) {
-                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
-                    int64_t j;
-                    const float *bn_x = a->x + off + j0;
-                    float *bn_y = a->y + off + j0;
-                    BNSYM_SIMD
-                    for (j = 0; j < w; ++j) {
-                        const float bn_mean_hi_t = bn_lane_bn_mean_hi[b0 + j];
-                        const float bn_y_k0_t = bn_lane_bn_y_k0[b0 + j];
-                        const float bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
-                        const float x_v = bn_x[j];
-                        const float bn_h0 = -bn_mean_hi_t + x_v;
-                        bn_y[j] = bn_h0*bn_y_k0_1_t + bn_y_k0_t;
-                    }
-                }
-            }
+        if (fit >= 16 && fit < L && len > L
+            && 2.0 * (double)a->N * (double)a->C * (double)a->S * (double)sizeof(float) <= (double)BNSYM_CACHE_BYTES) {
+            bnsym_forward_train_f32_elements_lane_blocks(a, lanes, off, len, L, fit);
             return;
         }
     }
@@ -2984,6 +2999,38 @@ static void bnsym_forward_train_f64_coef_rows(const bnsym_forward_train_f64_ctx 
     }
 }
 
+/* bnsym_forward_train_f64_elements_lanes over several chunks of L lanes whose coefficients take more than
+ * BNSYM_ELEM_LANE_BYTES (fit lanes' worth): lanes b0 .. b0+B-1 of every chunk, then the next block
+ * of lanes, nb blocks of about equal size (a multiple of 16 lanes) whose coefficients fit, so that
+ * they stay in L1 from one chunk to the next (the same operations on every value). */
+static __attribute__((noinline)) void bnsym_forward_train_f64_elements_lane_blocks(const bnsym_forward_train_f64_ctx *a, const double *lanes, int64_t off,
+    int64_t len, int64_t L, int64_t fit)
+{
+    const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
+    int64_t b0, j0;
+    const double *bn_lane_beta = lanes + 0 * L;
+    const double *bn_lane_bn_y_k0_1 = lanes + 1 * L;
+    const double *bn_lane_mean = lanes + 2 * L;
+    for (b0 = 0; b0 < L; b0 += B) {
+        const int64_t wb = (L - b0 < B) ? L - b0 : B;
+        for (j0 = b0; j0 < len; j0 += L) {
+            const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
+            int64_t j;
+            const double *bn_x = a->x + off + j0;
+            double *bn_y = a->y + off + j0;
+            BNSYM_SIMD
+            for (j = 0; j < w; ++j) {
+                const double beta_t = bn_lane_beta[b0 + j];
+                const double bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
+                const double mean_t = bn_lane_mean[b0 + j];
+                const double x_v = bn_x[j];
+                const double xmu = -mean_t + x_v;
+                bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
+            }
+        }
+    }
+}
+
 /* Element pass (double) over len contiguous values starting at a row boundary; lane j of
  * each chunk of L values has the coefficients lanes[k][j] (channel j % C). wide: some channel's
  * coefficients are out of the array type's range (bnsym_forward_train_f64_needs_wide). */
@@ -3081,30 +3128,13 @@ static void bnsym_forward_train_f64_elements_lanes(const bnsym_forward_train_f64
 #endif
     {
         /* several chunks of L lanes whose coefficients take more than BNSYM_ELEM_LANE_BYTES (0
-         * turns this off): lanes b0 .. b0+B-1 of every chunk, then the next block of lanes, nb
-         * blocks of about equal size (a multiple of 16 lanes) whose coefficients fit */
+         * turns this off), the arrays of the pass in the cache (BNSYM_CACHE_BYTES in all; read
+         * from memory, whole rows stream faster): in blocks of lanes (a function of its own: this
+         * one's loops stay as they are) */
         const int64_t fit = (int64_t)BNSYM_ELEM_LANE_BYTES / (3 * (int64_t)sizeof(double));
-        if (fit >= 16 && fit < L && len > L) {
-            const int64_t nb = (L + fit - 1) / fit, B = ((L + nb - 1) / nb + 15) / 16 * 16;
-            int64_t b0;
-            for (b0 = 0; b0 < L; b0 += B) {
-                const int64_t wb = (L - b0 < B) ? L - b0 : B;
-                for (j0 = b0; j0 < len; j0 += L) {
-                    const int64_t w = (len - j0 < wb) ? (len - j0) : wb;
-                    int64_t j;
-                    const double *bn_x = a->x + off + j0;
-                    double *bn_y = a->y + off + j0;
-                    BNSYM_SIMD
-                    for (j = 0; j < w; ++j) {
-                        const double beta_t = bn_lane_beta[b0 + j];
-                        const double bn_y_k0_1_t = bn_lane_bn_y_k0_1[b0 + j];
-                        const double mean_t = bn_lane_mean[b0 + j];
-                        const double x_v = bn_x[j];
-                        const double xmu = -mean_t + x_v;
-                        bn_y[j] = beta_t + bn_y_k0_1_t*xmu;
-                    }
-                }
-            }
+        if (fit >= 16 && fit < L && len > L
+            && 2.0 * (double)a->N * (double)a->C * (double)a->S * (double)sizeof(double) <= (double)BNSYM_CACHE_BYTES) {
+            bnsym_forward_train_f64_elements_lane_blocks(a, lanes, off, len, L, fit);
             return;
         }
     }
