@@ -434,6 +434,34 @@ def test_large_input_channel_blocks(dtype, shape, kernels, make_input, assert_cl
     np.testing.assert_array_equal(rv1, rv)
 
 
+def _every_pass_matches(x, dy, dtype, threads, assert_close):
+    """Training forward, inference, and the backward in both modes against the reference at each
+    thread count of ``threads`` (each output checked; the running statistics passed as copies)."""
+    C = x.shape[1]
+    w, b, rm, rv = _params(C, dtype, 33)
+    ry, rmean, _, rinv = R.forward_train(x, w, b, 1e-5)
+    sm, si = rmean.astype(dtype), rinv.astype(dtype)
+    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
+    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
+    rey = R.forward_eval(x, w, b, rm, rv, 1e-5)
+    before = bnsym.get_num_threads()
+    try:
+        for n in threads:
+            bnsym.set_num_threads(n)
+            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
+            ey, _, _ = bnsym.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
+            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
+            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
+            for a, e, what in ((y, ry, "output"), (ey, rey, "eval output"), (m, rmean, "save_mean"),
+                               (inv, rinv, "save_invstd"), (gi, rgi, "grad_input"),
+                               (gw, rgw, "grad_weight"), (gb, rgb, "grad_bias"),
+                               (ei, egi, "eval grad_input"), (ew, egw, "eval grad_weight"),
+                               (eb, egb, "eval grad_bias")):
+                assert_close(a, e, dtype, f"{what}, {n} threads")
+    finally:
+        bnsym.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype,shape,layout", [
     (F64, (70, 1000), "ncs"),        # rows: 2 blocks of 512 lanes (4 double coefficients), 488 last
     (F32, (23, 3000), "ncs"),        # rows: 3 blocks of 1008 lanes (4 float coefficients), 984 last
@@ -446,32 +474,9 @@ def test_element_pass_in_blocks_of_lanes(dtype, shape, layout, kernels, make_inp
     runs over the rows in blocks of lanes: every value of every block, the last one shorter, at
     1, 2 and 3 threads, in every pass (a block skipped leaves np.empty's zeros). (A group of short
     strips side by side, one chunk of lanes per sample, is never blocked: nothing to reuse.)"""
-    C = shape[1]
     x = make_input(shape, dtype, layout, seed=31, loc=2.0, scale=0.5)
     dy = make_input(shape, dtype, layout, seed=32)
-    w, b, rm, rv = _params(C, dtype, 33)
-    ry, rmean, rvar, rinv = R.forward_train(x, w, b, 1e-5)
-    sm, si = rmean.astype(dtype), rinv.astype(dtype)
-    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
-    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
-    before = bnsym.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            bnsym.set_num_threads(n)
-            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
-            ey, _, _ = bnsym.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
-            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
-            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
-            assert_close(y, ry, dtype, f"output, {n} threads")
-            assert_close(ey, R.forward_eval(x, w, b, rm, rv, 1e-5), dtype, f"eval output, {n} threads")
-            assert_close(m, rmean, dtype, f"save_mean, {n} threads")
-            assert_close(inv, rinv, dtype, f"save_invstd, {n} threads")
-            for a, e, what in ((gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
-                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
-                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
-                assert_close(a, e, dtype, f"{what}, {n} threads")
-    finally:
-        bnsym.set_num_threads(before)
+    _every_pass_matches(x, dy, dtype, (1, 2, 3), assert_close)
 
 
 @pytest.mark.parametrize("shape", [(3, 96, 8, 8), (4, 96, 8, 8), (5, 80, 7, 7), (7, 200, 14, 14),
@@ -481,28 +486,9 @@ def test_short_strips_of_few_samples(shape, dtype, kernels, make_input, assert_c
     """Short strips (S < 256) of a few samples: summed strip by strip below BNSYM_STRIP_ROWS
     samples (8; 4 for the float32 backward, whose float lanes cost less), else in lanes; every
     pass against the reference, at 1 and 2 threads (BNSYM_MIN_WORK lets the larger run 2)."""
-    C = shape[1]
     x = make_input(shape, dtype, seed=41, loc=-3.0, scale=0.25)
     dy = make_input(shape, dtype, seed=42)
-    w, b, rm, rv = _params(C, dtype, 43)
-    ry, rmean, _, rinv = R.forward_train(x, w, b, 1e-5)
-    sm, si = rmean.astype(dtype), rinv.astype(dtype)
-    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
-    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
-    before = bnsym.get_num_threads()
-    try:
-        for n in (1, 2):
-            bnsym.set_num_threads(n)
-            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
-            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
-            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
-            for a, e, what in ((y, ry, "output"), (m, rmean, "save_mean"), (inv, rinv, "save_invstd"),
-                               (gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
-                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
-                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
-                assert_close(a, e, dtype, f"{what}, {n} threads")
-    finally:
-        bnsym.set_num_threads(before)
+    _every_pass_matches(x, dy, dtype, (1, 2), assert_close)
 
 
 @pytest.mark.parametrize("dtype,shape", [
@@ -517,30 +503,9 @@ def test_very_short_strips(dtype, shape, kernels, make_input, assert_close):
     coefficient lanes fit in L1, the last one shorter; longer ones strip by strip, in units of one
     sample's channel group, in address order. Every pass at 1 and 2 threads against the reference
     (a sub-group or unit skipped leaves np.empty's zeros)."""
-    C = shape[1]
     x = make_input(shape, dtype, seed=51, loc=1.5, scale=0.5)
     dy = make_input(shape, dtype, seed=52)
-    w, b, rm, rv = _params(C, dtype, 53)
-    ry, rmean, _, rinv = R.forward_train(x, w, b, 1e-5)
-    sm, si = rmean.astype(dtype), rinv.astype(dtype)
-    rgi, rgw, rgb = R.backward_train(dy, x, w, sm, si)
-    egi, egw, egb = R.backward_eval(dy, x, w, rm, rv, 1e-5)
-    before = bnsym.get_num_threads()
-    try:
-        for n in (1, 2):
-            bnsym.set_num_threads(n)
-            y, m, inv = bnsym.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), True, 0.1, 1e-5)
-            ey, _, _ = bnsym.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
-            gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5)
-            ei, ew, eb = bnsym.batch_norm_backward(dy, x, w, rm, rv, None, None, False, 1e-5)
-            for a, e, what in ((y, ry, "output"), (ey, R.forward_eval(x, w, b, rm, rv, 1e-5), "eval output"),
-                               (m, rmean, "save_mean"), (inv, rinv, "save_invstd"),
-                               (gi, rgi, "grad_input"), (gw, rgw, "grad_weight"),
-                               (gb, rgb, "grad_bias"), (ei, egi, "eval grad_input"),
-                               (ew, egw, "eval grad_weight"), (eb, egb, "eval grad_bias")):
-                assert_close(a, e, dtype, f"{what}, {n} threads")
-    finally:
-        bnsym.set_num_threads(before)
+    _every_pass_matches(x, dy, dtype, (1, 2), assert_close)
 
 
 def test_num_threads_env_default():
