@@ -1363,6 +1363,16 @@ def fmt_ratio(r) -> str:
     return "-" if r is None else f"{r:.2f}"
 
 
+def fmt_target_value(v: float, limit: float) -> str:
+    """A target's ratio with 2 decimals, or as many more (up to 4) as it takes not to print the
+    limit itself for a value on the other side of it (1.498 against 1.5: "1.498", not "1.50")."""
+    for d in (2, 3, 4):
+        s = f"{v:.{d}f}"
+        if v == limit or s != f"{limit:.{d}f}":
+            return s
+    return s
+
+
 def format_report(report: dict) -> str:
     lines = []
     meta = report["meta"]
@@ -1482,7 +1492,7 @@ def format_report(report: dict) -> str:
             elif t["name"] == "compile":
                 vs = f"{v:.1f} s"
             else:
-                vs = f"{v:.2f}"
+                vs = fmt_target_value(v, t["limit"])
             detail = f"  ({t['detail']})" if t["detail"] else ""
             lines.append(f"  {t['status']:<4}  {t['target']}: {vs}{detail}")
         if report["meta"]["config"]["quick"] or report["meta"]["config"]["cases"] != [case_name(c) for c in DEFAULT_CASES]:

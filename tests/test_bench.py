@@ -436,3 +436,13 @@ def test_bare_tiny_call_is_the_kernel_of_batch_norm():
     assert got.dtype == np.float32 and got.shape == (n, c)
     assert np.array_equal(got, want)
     assert bench.bare_tiny_call(_FakeAPI(), x, w, b) is None
+
+
+def test_target_value_never_prints_the_limit_for_a_miss():
+    """A ratio just below or above a target's limit is printed with enough decimals to show on
+    which side it is ("1.498 MISS" against 1.5x, not "1.50 MISS"); others keep two."""
+    assert bench.fmt_target_value(1.498, 1.5) == "1.498"
+    assert bench.fmt_target_value(1.5003, 1.5) == "1.5003"
+    assert bench.fmt_target_value(1.5, 1.5) == "1.50"
+    assert bench.fmt_target_value(2.58, 2.0) == "2.58"
+    assert bench.fmt_target_value(0.6106, 0.5) == "0.61"
