@@ -95,10 +95,11 @@
 #ifndef BNSYM_ROW_TILE_BYTES
 #define BNSYM_ROW_TILE_BYTES (16 << 20)
 #endif
-/* Bytes of per-lane coefficients that the element pass over lanes (rows of many channels) keeps
- * in L1 (half of it): with more, it runs over the rows in blocks of lanes whose coefficients fit,
- * block after block, instead of each whole chunk of lanes after the other (the same operations
- * on every value, in another order). */
+/* Bytes of per-lane coefficients that the element pass over lanes keeps in L1 (half of it): rows
+ * of many channels whose coefficients take more run in blocks of lanes that fit, block after
+ * block over the rows, when the pass's arrays fit in BNSYM_CACHE_BYTES (read from memory, whole
+ * rows stream faster); very short strips run in sub-groups of channels whose lanes fit (the same
+ * operations on every value, in another order). */
 #ifndef BNSYM_ELEM_LANE_BYTES
 #define BNSYM_ELEM_LANE_BYTES (16 << 10)
 #endif
