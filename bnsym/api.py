@@ -80,6 +80,7 @@ for _dt in (_F32, _F64):
     _e.flags.writeable = False
     _EMPTY[_dt] = _e
 del _dt, _e
+_EMPTIES = (_EMPTY[_F32], _EMPTY[_F64])  # by dtype is float64 (the C entry points')
 
 _MAX_DEFAULT_THREADS = 8
 
@@ -127,6 +128,9 @@ def get_num_threads() -> int:
 _K = None
 _fb = None  # ffi.from_buffer: arrays are passed untyped (the compiled module declares void *)
 _NULL = None
+# the compiled module's C entry points for the common calls of _forward and batch_norm_backward
+# (see _entry_points), or None
+_CF = _CB = None
 _PERMS: dict[int, tuple] = {}
 
 
@@ -162,22 +166,49 @@ KERNEL_NAMES = tuple(
 
 
 def _kernels(ffi, lib) -> tuple:
-    """(table, from_buffer, NULL) of a compiled kernel module: what the calls below use. The
-    table holds the four kernels per (dtype, layout), indexed by ``2 * (dtype is float64) +
-    (layout is nsc)`` (names: :data:`KERNEL_NAMES`)."""
+    """(table, from_buffer, NULL, entry points) of a compiled kernel module: what the calls below
+    use. The table holds the four kernels per (dtype, layout), indexed by ``2 * (dtype is
+    float64) + (layout is nsc)`` (names: :data:`KERNEL_NAMES`); the entry points are
+    :func:`_entry_points`'."""
     table = tuple(tuple(getattr(lib, name) for name in row) for row in KERNEL_NAMES)
-    return table, ffi.from_buffer, ffi.NULL
+    return table, ffi.from_buffer, ffi.NULL, _entry_points(lib)
+
+
+def _entry_points(lib) -> tuple:
+    """The module's C functions ``(forward, backward)`` for the common calls of :func:`_forward`
+    and :func:`batch_norm_backward` (``generated/bnsym_python.h``), or ``(None, None)`` (a
+    module built without them, or NumPy's C API unavailable to them).
+
+    Each takes its Python function's arguments (``forward``: ``_forward``'s without
+    ``backend``, then ``_EMPTIES`` and the thread count; ``backward``: ``batch_norm_backward``'s
+    without ``backend``, then the thread count) and returns what that function returns, or the
+    kernel's nonzero return code (an int), or None for any call it does not take. It takes exact
+    ndarrays of one float dtype, the input C-contiguous or channels-last, every other array in
+    the input's layout or contiguous of shape (C,), float ``eps`` and ``momentum`` in range,
+    bools; when the call writes into arrays the caller passed, only arrays that own their memory
+    or are views of one that does, with different owners (see :func:`_owner`). Everything else,
+    and every error message, is the Python path's, whose results it gives bitwise."""
+    install = getattr(lib, "bnsym_py_install", None)
+    if install is None:
+        return None, None
+    import sys
+
+    name = f"_bnsym_entry_{id(lib):x}"
+    if install(name.encode()) != 0:
+        return None, None
+    module = sys.modules.pop(name)
+    return module.forward, module.backward
 
 
 def _select_kernels(kernels) -> tuple:
     """Make ``kernels`` (from :func:`_kernels`, or None: load on next use) the ones calls use;
     returns the previous selection (``bnsym compare`` switches between two builds this way)."""
-    global _K, _fb, _NULL
-    previous = (_K, _fb, _NULL) if _K is not None else None
+    global _K, _fb, _NULL, _CF, _CB
+    previous = (_K, _fb, _NULL, (_CF, _CB)) if _K is not None else None
     if kernels is None:
-        _K = None
+        _K = _CF = _CB = None
     else:
-        _K, _fb, _NULL = kernels
+        _K, _fb, _NULL, (_CF, _CB) = kernels
     return previous
 
 
@@ -293,6 +324,15 @@ def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
              save_mean, save_invstd, want_save, skip_nonfinite, backend):
     """Shared forward. Returns (y, save_mean, save_invstd, skipped)."""
+    if (cf := _CF) is not None and backend == "c":
+        # the common call, checked and run in C (None: not one it takes; an int: the kernel's
+        # error code); every other call, and every error, is the Python path's below
+        r = cf(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
+               save_mean, save_invstd, want_save, skip_nonfinite, _EMPTIES, _num_threads)
+        if type(r) is tuple:
+            return r
+        if r is not None:
+            _kernel_failed(r, "forward_train" if training else "forward_eval")
     # ---- validation (inline fast tests; _checks explains failures) ----
     if not (type(x) is _ndarray and x.ndim >= 2 and ((dt := x.dtype) is _F32 or dt is _F64)):
         x = _checks.input_array(x)
@@ -458,17 +498,20 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         if rc:
             if rc == 1:
                 return out, save_mean, save_invstd, True
-            if rc < 0:
-                raise MemoryError("bnsym: out of memory in forward_train")
-            raise RuntimeError(f"bnsym: forward_train failed (code {rc})")
+            _kernel_failed(rc, "forward_train")
         return out, save_mean, save_invstd, False
     rc = kern[1](N, C, S, px, py, pw, pb, prm, prv, eps, _num_threads)
     if rc:
-        if rc < 0:
-            raise MemoryError("bnsym: out of memory in forward_eval")
-        raise RuntimeError(f"bnsym: forward_eval failed (code {rc})")
+        _kernel_failed(rc, "forward_eval")
     e = _EMPTY[dt]
     return out, e, e, False
+
+
+def _kernel_failed(rc: int, kernel: str):
+    """Raise the error of a kernel's nonzero return code (-1: a workspace allocation failed)."""
+    if rc == -1:
+        raise MemoryError(f"bnsym: out of memory in {kernel}")
+    raise RuntimeError(f"bnsym: {kernel} failed (code {rc})")
 
 
 def _overlap(wname, w, operands, NULL, alias=None):
@@ -625,6 +668,14 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     overlap any operand, except that ``grad_input`` may be exactly ``grad_output`` (in place).
     ``grad_output`` is copied to the input's layout when they differ.
     """
+    if (cb := _CB) is not None and backend == "c":
+        # the common call in C (see _forward)
+        r = cb(grad_output, input, weight, running_mean, running_var, save_mean, save_invstd,
+               training, eps, output_mask, out, _num_threads)
+        if type(r) is tuple:
+            return r
+        if r is not None:
+            _kernel_failed(r, "batch_norm_backward")
     x, dt = _input(input)
     shape = x.shape
     C = shape[1]
@@ -752,9 +803,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
         rc = kern[3](N, C, S, pdy, px, pw, fb(sa), fb(sb), pgi, pgw, pgb, eps,
                      _num_threads)
     if rc:
-        if rc < 0:
-            raise MemoryError("bnsym: out of memory in batch_norm_backward")
-        raise RuntimeError(f"bnsym: batch_norm_backward failed (code {rc})")
+        _kernel_failed(rc, "batch_norm_backward")
     return gi, gw, gb
 
 

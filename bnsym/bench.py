@@ -46,9 +46,9 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   bnsym/floor ratio is above the pass's floor target are timed again with bnsym and the floor
   alternating (``retimed_floor``): the floor targets are judged on the table too, and the
   re-timing tells a miss of the kernel from a slow phase of the host that fell on bnsym's window.
-* The tiny call (4x8 float32, training) is also timed bare: its kernel called through cffi with its
-  buffers and no checks (:func:`bare_tiny_call`), the least a call through NumPy and cffi costs;
-  ``batch_norm`` minus that is the Python layer's share. bnsym's call, the bare call and torch's
+* The tiny call (4x8 float32, training) is also timed bare: the compiled module's C entry point
+  called directly, its checks and the kernel (:func:`bare_tiny_call`); ``batch_norm`` minus that
+  is the share of the Python functions around it. bnsym's call, the bare call and torch's
   are timed in turn in one loop, 100 calls of one, then 100 of the next (:func:`time_interleaved`,
   about 1 s in all), and their medians are compared: each runs warm, as in a loop of such calls,
   and all of them see the same phases of the host. This is done in three windows (before the
@@ -1088,11 +1088,12 @@ TINY_MAX_SAMPLES = 5000
 
 
 def bare_tiny_call(api, x, w, b):
-    """The tiny call's kernel (training forward, float32, contiguous) called through cffi with its
-    buffers and nothing else: a fresh output, ``ffi.from_buffer`` of the six arrays and the call, at
-    1 thread. This is what ``batch_norm`` would cost without its argument checks and dispatch; the
-    difference between the two is the Python layer's. None when ``api`` is not bnsym's own API
-    (or the kernels are unavailable).
+    """The tiny call (training forward, float32, contiguous) without the Python functions around
+    the kernel, at 1 thread: the compiled module's C entry point called directly (its argument
+    checks in C, a fresh output, the kernel); without that entry point (a module built without
+    ``bnsym_python.h``), the kernel called through cffi with a fresh output and
+    ``ffi.from_buffer`` of the six arrays. The difference from ``batch_norm`` is the Python
+    layer's. None when ``api`` is not bnsym's own API (or the kernels are unavailable).
     """
     try:
         from bnsym import api as bn_api  # noqa: PLC0415
@@ -1107,6 +1108,10 @@ def bare_tiny_call(api, x, w, b):
     n, c = x.shape
     rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
     f32 = np.float32
+    entry, empties = bn_api._CF, bn_api._EMPTIES
+    if entry is not None:
+        return lambda: entry(x, w, b, rm, rv, True, MOMENTUM, EPS, None, None, None, False, False,
+                             empties, 1)[0]
 
     def call():
         y = np.empty((n, c), f32)

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 # Bump when the way modules are built or named changes (invalidates every cache entry).
-_BUILD_SCHEMA = "2"  # 2: float/double pointer parameters declared void *
+_BUILD_SCHEMA = "3"  # 2: float/double pointer parameters declared void *; 3: bnsym_python.h
 _PREFIX = "_bnsym_k_"
 _EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or importlib.machinery.EXTENSION_SUFFIXES[0]
 
@@ -129,6 +129,23 @@ def _source_files(src: Path) -> list[Path]:
     if not sources:
         raise CompileError(f"bnsym: no generated kernels in {src} (no *.c files)")
     return [header] + sources
+
+
+_PYTHON_ENTRY = "bnsym_python.h"
+
+
+def _python_entry(src: Path) -> Path | None:
+    """``bnsym_python.h`` of the folder (the Python API's C entry point), or None when absent
+    (a folder of kernels without it builds a module the Python API calls through cffi alone)."""
+    p = src / _PYTHON_ENTRY
+    return p if p.is_file() else None
+
+
+def _numpy_include() -> tuple[str, str]:
+    """(NumPy's version, its C headers' folder): the entry point is compiled against them."""
+    import numpy
+
+    return numpy.__version__, numpy.get_include()
 
 
 # --------------------------------------------------------------------------- cdef
@@ -279,7 +296,8 @@ def _cache_key(src: Path, dflags: list[str]) -> tuple[str, dict]:
     h = hashlib.sha256()
     h.update(f"bnsym-build-schema={_BUILD_SCHEMA}\n".encode())
     files = _source_files(src)
-    for p in files:
+    entry = _python_entry(src)
+    for p in files + ([entry] if entry is not None else []):
         data = p.read_bytes()
         h.update(f"file {p.name} {len(data)}\n".encode())
         h.update(data)
@@ -287,7 +305,7 @@ def _cache_key(src: Path, dflags: list[str]) -> tuple[str, dict]:
     cflags, ldflags = _flags()
     cflags += dflags
     info = {
-        "sources": [p.name for p in files],
+        "sources": [p.name for p in files] + ([entry.name] if entry is not None else []),
         "source_dir": str(src),
         "compiler": cc_path,
         "compiler_version": cc_version.splitlines()[0] if cc_version else "",
@@ -297,8 +315,10 @@ def _cache_key(src: Path, dflags: list[str]) -> tuple[str, dict]:
         "cache_tag": sys.implementation.cache_tag,
         "cffi": _cffi_version(),
         "cpu_key": compiler.cpu_key(),
+        # the entry point uses NumPy's C API: a module built against other headers is another entry
+        "numpy": _numpy_include()[0] if entry is not None else None,
     }
-    for k in ("compiler", "cflags", "ldflags", "ext_suffix", "cache_tag", "cffi", "cpu_key"):
+    for k in ("compiler", "cflags", "ldflags", "ext_suffix", "cache_tag", "cffi", "cpu_key", "numpy"):
         h.update(f"{k}={info[k]!r}\n".encode())
     h.update(f"compiler_version={cc_version!r}\n".encode())
     return h.hexdigest()[:24], info
@@ -385,15 +405,29 @@ def _compile(name: str, src: Path, workdir: Path, cflags: list[str], ldflags: li
     import cffi
 
     files = _source_files(src)
+    entry = _python_entry(src)
     ffi = cffi.FFI()
-    ffi.cdef(cdef_from_header(files[0].read_text(), void_pointers=True))
+    cdef = cdef_from_header(files[0].read_text(), void_pointers=True)
+    main = '#include "bnsym.h"\n'
+    include_dirs = [str(src.resolve())]
+    macros = []
+    if entry is not None:
+        # the Python API's C entry point: a CPython function using NumPy's C API, included into
+        # the module's own source (which has Python.h); not the limited API (NumPy's macros)
+        cdef += cdef_from_header(entry.read_text())
+        main += f'#include "{entry.name}"\n'
+        include_dirs.append(_numpy_include()[1])
+        macros.append(("_CFFI_NO_LIMITED_API", None))
+    ffi.cdef(cdef)
     ffi.set_source(
         name,
-        '#include "bnsym.h"',
+        main,
         sources=[str(p.resolve()) for p in files[1:]],
-        include_dirs=[str(src.resolve())],
+        include_dirs=include_dirs,
+        define_macros=macros,
         extra_compile_args=cflags,
         extra_link_args=ldflags,
+        py_limited_api=False,
     )
     output: list[str] = []
     try:

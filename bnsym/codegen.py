@@ -877,7 +877,17 @@ def render(
     for k in kernels:
         fname = f"{stem}_{k['plan']}.c"
         files[fname] = env.get_template("kernel_source.c.j2").render(kernel=k, filename=fname, **common)
+    # the C half of the Python API's forward call (bnsym.build includes it in the cffi module)
+    fname = python_entry_name(prefix)
+    files[fname] = env.get_template("python_entry.h.j2").render(
+        kernels=kernels, filename=fname, sfxs=[DTYPES[d][1] for d in dtypes],
+        **dict(common, guard=re.sub(r"\W", "_", fname).upper()))
     return files
+
+
+def python_entry_name(prefix: str = "bnsym_") -> str:
+    """The file holding the Python API's C entry point (:file:`templates/python_entry.h.j2`)."""
+    return f"{prefix.rstrip('_') or 'bnsym'}_python.h"
 
 
 def write(out_dir, files: dict[str, str]) -> list[Path]:

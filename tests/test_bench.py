@@ -407,8 +407,8 @@ def test_tiny_target_is_judged_on_its_least_favourable_window(monkeypatch, tmp_p
 
 
 def test_bare_tiny_call_is_the_kernel_of_batch_norm():
-    """The tiny call's bare kernel call computes what bnsym.batch_norm does (same kernel, bitwise);
-    it is only measured for bnsym's own API."""
+    """The tiny call's bare call (the C entry point called directly) computes what
+    bnsym.batch_norm does (same kernel, bitwise); it is only measured for bnsym's own API."""
     import bnsym
     from bnsym import api as bn_api
 
