@@ -1331,7 +1331,7 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
            f", the highest of {len(oh['tiny_windows'])} windows' ratios "
            f"({', '.join(fmt_ratio(_tiny_ratio(w)) for w in oh['tiny_windows'])})")
         + ("" if oh.get("tiny_bnsym_bare_s") is None else
-           f"; the bare kernel call {oh['tiny_bnsym_bare_s'] * 1e6:.2f} us, "
+           f"; the bare call (no Python function around the kernel) {oh['tiny_bnsym_bare_s'] * 1e6:.2f} us, "
            f"{oh['tiny_bnsym_bare_s'] / tt:.2f}x torch"))
     imp = oh.get("import", {})
     v = imp.get("ready_s")
@@ -1465,7 +1465,7 @@ def format_report(report: dict) -> str:
             bare = oh.get("tiny_bnsym_bare_s")
             lines.append(f"  tiny {TINY_SHAPE[0]}x{TINY_SHAPE[1]} f32 training call, 1 thread: "
                          f"bnsym.batch_norm {fmt_us(oh.get('tiny_bnsym_s'))} us"
-                         + (f" (its kernel called through cffi with its buffers, no checks: "
+                         + (f" (bare, no Python function around the kernel: "
                             f"{fmt_us(bare)} us)" if bare is not None else "")
                          + f", torch F.batch_norm {fmt_us(oh.get('tiny_torch_s'))} us")
             wins = oh.get("tiny_windows", ())

@@ -35,7 +35,7 @@ def test_difference_is_zero_only_for_bitwise_equal_outputs():
 
 
 def test_same_folder_is_bitwise_itself_and_restores_the_api(kernels):
-    before = api._K, api.get_num_threads()
+    before = api._K, api._CF, api._CB, api.get_num_threads()
     report = compare.compare(generated_dir(), generated_dir(), CASES, ["float32", "float64"],
                              ["nchw", "nhwc"], [1, 2], ["fwd", "infer", "bwd"], progress=False,
                              timing=FAST)
@@ -46,7 +46,7 @@ def test_same_folder_is_bitwise_itself_and_restores_the_api(kernels):
         assert r["a_min"] > 0 and r["b_min"] > 0 and r["samples"] >= 3
         assert r["ratio_min"] == pytest.approx(r["b_min"] / r["a_min"])
     assert set(report["geomean"]) == {"fwd", "infer", "bwd"}
-    assert (api._K, api.get_num_threads()) == before
+    assert (api._K, api._CF, api._CB, api.get_num_threads()) == before
     text = compare.format_compare(report)
     assert "bitwise A's" in text and "geometric mean of B/A" in text
 

@@ -8,14 +8,17 @@ Python path refuses is never taken. The results themselves are compared with the
 reference in test_api.py (whose calls go through these entry points) and below.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bnsym
-from bnsym import api
+from bnsym import api, build
 from bnsym import reference as R
+from bnsym._paths import generated_dir
 
 F32, F64 = np.float32, np.float64
 
@@ -449,3 +452,29 @@ def test_backward_entry_declines(entries):
             assert args[k].tobytes() == v.tobytes(), (what, k)
     # evaluation: the running statistics are required
     assert _bwd(entries, dy, x, w, None, None, sm, si, False) is None
+
+
+def test_kernels_without_the_entry_points(tmp_path, entries, assert_close):
+    """A folder of kernels without bnsym_python.h (an older or a hand-made variant) builds a
+    module without entry points: every call then takes the Python path, with the same results."""
+    src = tmp_path / "kernels"
+    shutil.copytree(generated_dir(), src)
+    (src / "bnsym_python.h").unlink()
+    ffi, lib = build.load(src)
+    assert not hasattr(lib, "bnsym_py_install")
+    selection = api._kernels(ffi, lib)
+    assert selection[3] == (None, None)
+    saved = api._select_kernels(selection)
+    try:
+        assert api._CF is None and api._CB is None
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((6, 4, 3, 5))
+        rm, rv = np.zeros(4), np.ones(4)
+        y, sm, si = bnsym.batch_norm_forward(x, None, None, rm, rv, True, 0.1, 1e-5)
+        yr, mean, _, invstd = R.forward_train(x)
+        assert_close(y, yr, F64, "y")
+        gi, _, _ = bnsym.batch_norm_backward(x, x, None, None, None, sm, si, True, 1e-5)
+        assert_close(gi, R.backward_train(x, x, None, mean, invstd)[0], F64, "grad_input")
+    finally:
+        api._select_kernels(saved)
+    assert api._CF is not None
