@@ -294,8 +294,9 @@ static PyObject *bnsym_py_forward(PyObject *self, PyObject *const *args, Py_ssiz
     double eps, momentum;
     int f64, nsc, training, want_save, skip, own, nt, rc;
     (void)self;
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "forward: 15 positional arguments expected");
+    if (nargs != 15 || !PyTuple_CheckExact(args[13]) || PyTuple_GET_SIZE(args[13]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "forward: 15 positional arguments expected, the 14th "
+                                         "a tuple of the two dtypes' empty arrays");
         return NULL;
     }
     if ((f64 = bnsym_py_input(x_)) < 0 || (training = bnsym_py_flag(args[5])) < 0

@@ -8,6 +8,7 @@ Python path refuses is never taken. The results themselves are compared with the
 reference in test_api.py (whose calls go through these entry points) and below.
 """
 
+import os
 import shutil
 
 import numpy as np
@@ -21,6 +22,8 @@ from bnsym import reference as R
 from bnsym._paths import generated_dir
 
 F32, F64 = np.float32, np.float64
+# examples per property (fewer under the sanitizers: test_sanitizers runs this file there)
+EXAMPLES = int(os.environ.get("BNSYM_ENTRY_EXAMPLES", "600"))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ _shapes = st.sampled_from([(2, 3), (5, 1), (3, 4, 5), (2, 3, 1, 1), (4, 2, 3, 2)
                            (2, 5, 3, 2, 2)])
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16), shape=_shapes, dtype=st.sampled_from([F32, F64]),
        layout=st.sampled_from(["ncs", "nsc"] * 3 + ["strided"]),
        training=st.sampled_from([True, False] * 3 + [1]),
@@ -353,7 +356,7 @@ def _backward_call(seed, shape, dtype, layout, dy_layout, training, ws, stats, g
     return (dy, x, w, rm, rv, sm, si, training, eps, mask, out)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16), shape=_shapes, dtype=st.sampled_from([F32, F64]),
        layout=st.sampled_from(["ncs", "nsc"] * 3 + ["strided"]), dy_layout=st.sampled_from(["same"] * 6 + ["ncs", "nsc", "strided"]),
        training=st.sampled_from([True, False] * 3 + [0]),

@@ -21,12 +21,18 @@ passes when it exits 0 and prints no sanitizer report.
 First, two deliberately broken programs check that the toolchain really reports a heap
 overflow and a signed overflow (so a silent toolchain cannot make these tests pass).
 Skipped only when the C compiler cannot build and run a program with -fsanitize (said why).
+
+The C entry points of the Python API (``generated/bnsym_python.h``) run inside Python: the
+kernel module is compiled with the sanitizers (``tests/_sanitized_build.py``) and
+``tests/test_entry.py`` runs in a Python process that preloads their runtimes (LeakSanitizer off:
+the interpreter's own allocations are not leaks of ours).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +181,29 @@ def test_sanitized_run_is_clean(built, prog, cfg):
     if prog == "sanitize_edges":
         assert "SANITIZE-EDGES OK" in run.stdout, text[-2000:]
     print(f"\n{prog} [{cfg}]: clean; {run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ''}")
+
+
+def test_entry_points_under_sanitizers(toolchain, tmp_path):
+    """tests/test_entry.py against a kernel module built with ASan and UBSan: no report."""
+    libs = []
+    for name in ("libasan.so", "libubsan.so"):
+        path = subprocess.run(toolchain + [f"-print-file-name={name}"], capture_output=True,
+                              text=True).stdout.strip()
+        if not os.path.isabs(path) or not os.path.exists(path):
+            pytest.skip(f"{toolchain[0]} has no {name} to preload into Python")
+        libs.append(path)
+    env = dict(ENV, LD_PRELOAD=" ".join(libs), BNSYM_CACHE_DIR=str(tmp_path / "cache"),
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+               BNSYM_ENTRY_EXAMPLES="120", OMP_NUM_THREADS="2")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "_sanitized_build",
+                          "-p", "no:cacheprovider", str(ROOT / "tests" / "test_entry.py")],
+                         capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path)
+    text = run.stdout + run.stderr
+    reports = [m for m in REPORT_MARKERS if m in text]
+    assert run.returncode == 0 and not reports, f"exit {run.returncode}, reports {reports}\n{text[-8000:]}"
+    assert "passed" in run.stdout
+    import json
+
+    (manifest,) = (tmp_path / "cache").glob("_bnsym_k_*.json")
+    assert "-fsanitize=address,undefined" in json.loads(manifest.read_text())["cflags"]
