@@ -43,6 +43,10 @@ Conventions
   that rarely help). The kernels decide themselves when an input is too small to split.
 * ``backend="numpy"``: the float64 NumPy reference (:mod:`bnsym.reference`), same semantics and
   checks, results cast to the input dtype. No compiler needed.
+* Fast path: the compiled module's C entry points (:func:`_entry_points`) take the common calls
+  (exact ndarrays, the input contiguous or channels-last, writes only into arrays that cannot
+  overlap another operand) and run the kernel directly; every other call, and every error, goes
+  through the Python code below, with the same results bit for bit.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ How it works
   them back): the Python API passes ``ffi.from_buffer(array)`` without a C type, which costs
   about 40% less per array, after it has checked every array's dtype and picked the kernel for
   that dtype.
+* When the folder holds ``bnsym_python.h`` (the Python API's C entry points), the module's own
+  source includes it and is compiled with NumPy's headers and without Python's limited API;
+  ``bnsym_py_install`` is then declared too, and NumPy's version is part of the cache key.
 * Cache folder: ``$BNSYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/bnsym``, else ``~/.cache/bnsym``.
   An entry is named by a hash of everything that goes into the binary: the source bytes (names
   included), the compiler path and its ``--version`` output, the flags, the Python ABI

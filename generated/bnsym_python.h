@@ -209,6 +209,34 @@ static double bnsym_py_eps(PyObject *a)
     return (v > 0.0 && v < HUGE_VAL) ? v : -1.0;
 }
 
+/* num_threads into *nt: 0 with an exception set when it is no int of C long's range. */
+static int bnsym_py_threads(PyObject *a, int *nt)
+{
+    const long v = PyLong_AsLong(a);
+    if (v == -1 && PyErr_Occurred())
+        return 0;
+    *nt = (int)v;
+    return 1;
+}
+
+/* The input's N, C, S (the product of the spatial sizes) and layout (*nsc 0: C-contiguous, 1:
+ * channels-last); 0 when it has neither layout (the Python path copies it) or that layout's
+ * kernels of its dtype (f64) were not generated. */
+static int bnsym_py_layout(PyArrayObject *x, int f64, npy_intp *N, npy_intp *C, npy_intp *S,
+                         int *nsc)
+{
+    *N = PyArray_DIM(x, 0);
+    *C = PyArray_DIM(x, 1);
+    *S = PyArray_SIZE(x) / (*N * *C);
+    if (PyArray_FLAGS(x) & NPY_ARRAY_C_CONTIGUOUS)
+        *nsc = 0;
+    else if (bnsym_py_channels_last(x))
+        *nsc = 1;
+    else
+        return 0;
+    return bnsym_py_generated[2 * f64 + *nsc];
+}
+
 /* forward_train of dtype f64 (0: float32, 1: float64) and layout nsc (0: ncs, 1: nsc) */
 static int bnsym_py_forward_train(int f64, int nsc, int64_t N, int64_t C, int64_t S, void *x, void *y, void *weight, void *bias, void *running_mean, void *running_var, void *save_mean, void *save_invstd, double eps, double momentum, int skip_nonfinite, int num_threads)
 {
@@ -306,26 +334,15 @@ static PyObject *bnsym_py_forward(PyObject *self, PyObject *const *args, Py_ssiz
     momentum = PyFloat_AS_DOUBLE(args[6]);
     if (!(momentum >= 0.0 && momentum <= 1.0))
         Py_RETURN_NONE;
-    nt = (int)PyLong_AsLong(args[14]);
-    if (nt == -1 && PyErr_Occurred())
+    if (!bnsym_py_threads(args[14], &nt))
         return NULL;
     x = (PyArrayObject *)x_;
     dt = PyArray_DESCR(x);
-    N = PyArray_DIM(x, 0);
-    C = PyArray_DIM(x, 1);
-    S = PyArray_SIZE(x) / (N * C);
-    if (training ? (N * S == 1) : (rm == Py_None || rv == Py_None))
+    if (!bnsym_py_layout(x, f64, &N, &C, &S, &nsc)
+        || (training ? (N * S == 1) : (rm == Py_None || rv == Py_None)))
         Py_RETURN_NONE; /* a training batch of one value; evaluation without statistics */
     if (!bnsym_py_channel(w, dt, C, 0, &pw) || !bnsym_py_channel(b, dt, C, 0, &pb)
         || !bnsym_py_channel(rm, dt, C, training, &prm) || !bnsym_py_channel(rv, dt, C, training, &prv))
-        Py_RETURN_NONE;
-    if (PyArray_FLAGS(x) & NPY_ARRAY_C_CONTIGUOUS)
-        nsc = 0;
-    else if (bnsym_py_channels_last(x))
-        nsc = 1;
-    else
-        Py_RETURN_NONE; /* other strides: the Python path copies */
-    if (!bnsym_py_generated[2 * f64 + nsc])
         Py_RETURN_NONE;
     if (!(training && want_save))
         sm_ = si_ = Py_None; /* not written, not checked (as the Python path) */
@@ -428,27 +445,17 @@ static PyObject *bnsym_py_backward(PyObject *self, PyObject *const *args, Py_ssi
     for (i = 0; i < 3; ++i)
         if ((m[i] = bnsym_py_flag(PyTuple_GET_ITEM(mask, i))) < 0)
             Py_RETURN_NONE;
-    nt = (int)PyLong_AsLong(args[11]);
-    if (nt == -1 && PyErr_Occurred())
+    if (!bnsym_py_threads(args[11], &nt))
         return NULL;
     x = (PyArrayObject *)x_;
     dt = PyArray_DESCR(x);
-    N = PyArray_DIM(x, 0);
-    C = PyArray_DIM(x, 1);
-    S = PyArray_SIZE(x) / (N * C);
     sa_ = training ? args[5] : args[3];
     sb_ = training ? args[6] : args[4];
-    if (sa_ == Py_None || sb_ == Py_None || !bnsym_py_channel(w, dt, C, 0, &pw)
-        || !bnsym_py_channel(sa_, dt, C, 0, &psa) || !bnsym_py_channel(sb_, dt, C, 0, &psb))
+    if (!bnsym_py_layout(x, f64, &N, &C, &S, &nsc) || sa_ == Py_None || sb_ == Py_None
+        || !bnsym_py_channel(w, dt, C, 0, &pw) || !bnsym_py_channel(sa_, dt, C, 0, &psa)
+        || !bnsym_py_channel(sb_, dt, C, 0, &psb))
         Py_RETURN_NONE;
-    if (PyArray_FLAGS(x) & NPY_ARRAY_C_CONTIGUOUS)
-        nsc = 0;
-    else if (bnsym_py_channels_last(x))
-        nsc = 1;
-    else
-        Py_RETURN_NONE; /* other strides: the Python path copies */
-    if (!bnsym_py_generated[2 * f64 + nsc]
-        || bnsym_py_array(dy_, dt, PyArray_NDIM(x), PyArray_DIMS(x), nsc, 0) == NULL)
+    if (bnsym_py_array(dy_, dt, PyArray_NDIM(x), PyArray_DIMS(x), nsc, 0) == NULL)
         Py_RETURN_NONE; /* grad_output in another layout: the Python path copies it */
     if (out_ != Py_None) {
         PyObject *const read[5] = {x_, dy_, w, sa_, sb_};
