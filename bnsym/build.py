@@ -138,10 +138,13 @@ _PYTHON_ENTRY = "bnsym_python.h"
 
 
 def _python_entry(src: Path) -> Path | None:
-    """``bnsym_python.h`` of the folder (the Python API's C entry point), or None when absent
-    (a folder of kernels without it builds a module the Python API calls through cffi alone)."""
+    """``bnsym_python.h`` of the folder (the Python API's C entry points), or None when absent
+    or when NumPy's C headers are not installed (a NumPy packaged without them): the module is
+    then built without the entry points, and the Python API calls the kernels through cffi."""
     p = src / _PYTHON_ENTRY
-    return p if p.is_file() else None
+    if not p.is_file():
+        return None
+    return p if (Path(_numpy_include()[1]) / "numpy" / "arrayobject.h").is_file() else None
 
 
 def _numpy_include() -> tuple[str, str]:
@@ -459,6 +462,10 @@ def _build(name: str, src: Path, root: Path, so_path: Path, manifest: Path, info
         )
     cflags, ldflags = list(info["cflags"]), list(info["ldflags"])
     print("bnsym: compiling kernels (first use, ~20 s)...", file=sys.stderr, flush=True)
+    if (src / _PYTHON_ENTRY).is_file() and _python_entry(src) is None:
+        print(f"bnsym: warning: NumPy's C headers are not installed ({_numpy_include()[1]}); "
+              "building without the C entry points (every call takes the Python path, a few "
+              "microseconds more)", file=sys.stderr)
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     openmp = True

@@ -457,13 +457,24 @@ def test_backward_entry_declines(entries):
     assert _bwd(entries, dy, x, w, None, None, sm, si, False) is None
 
 
-def test_kernels_without_the_entry_points(tmp_path, entries, assert_close):
-    """A folder of kernels without bnsym_python.h (an older or a hand-made variant) builds a
-    module without entry points: every call then takes the Python path, with the same results."""
+@pytest.mark.parametrize("missing", ["bnsym_python.h", "numpy headers"])
+def test_kernels_without_the_entry_points(tmp_path, entries, assert_close, monkeypatch, capfd,
+                                          missing):
+    """A folder of kernels without bnsym_python.h (an older or a hand-made variant), or a NumPy
+    without its C headers, builds a module without entry points (the latter says so): every call
+    then takes the Python path, with the same results."""
     src = tmp_path / "kernels"
     shutil.copytree(generated_dir(), src)
-    (src / "bnsym_python.h").unlink()
+    if missing == "bnsym_python.h":
+        (src / "bnsym_python.h").unlink()
+    else:
+        monkeypatch.setenv("BNSYM_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(build, "_numpy_include", lambda: ("0", str(tmp_path / "nowhere")))
+        with open(src / "bnsym_forward_eval.c", "a") as fh:  # another module than the case above
+            fh.write("/* built without NumPy's headers */\n")
     ffi, lib = build.load(src)
+    if missing != "bnsym_python.h":
+        assert "NumPy's C headers are not installed" in capfd.readouterr().err
     assert not hasattr(lib, "bnsym_py_install")
     selection = api._kernels(ffi, lib)
     assert selection[3] == (None, None)
