@@ -487,8 +487,8 @@ static PyObject *bnsym_py_backward(PyObject *self, PyObject *const *args, Py_ssi
                              : bnsym_py_new_like(x, 0))
                       : bnsym_py_new_channel(dt, C);
         if (g[i] == NULL) {
-            Py_XDECREF(g[0]);
-            Py_XDECREF(g[1]);
+            while (--i >= 0) /* the references taken so far (the later outputs are borrowed) */
+                Py_XDECREF(g[i]);
             return NULL;
         }
     }
