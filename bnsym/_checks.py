@@ -170,6 +170,8 @@ def output_mask(mask) -> tuple[bool, bool, bool]:
 
 
 def backend(v) -> str:
+    if type(v) is not str:
+        raise TypeError(f"backend must be a str, 'c' or 'numpy', got {type(v).__name__} {v!r}")
     if v in ("c", "numpy"):
         return v
     raise ValueError(f"backend must be 'c' or 'numpy', got {v!r}")

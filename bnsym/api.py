@@ -328,7 +328,7 @@ def _empty_like_layout(x: np.ndarray, layout: str) -> np.ndarray:
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
              save_mean, save_invstd, want_save, skip_nonfinite, backend):
     """Shared forward. Returns (y, save_mean, save_invstd, skipped)."""
-    if (cf := _CF) is not None and backend == "c":
+    if (cf := _CF) is not None and type(backend) is str and backend == "c":
         # the common call, checked and run in C (None: not one it takes; an int: the kernel's
         # error code); every other call, and every error, is the Python path's below
         r = cf(x, weight, bias, running_mean, running_var, training, momentum, eps, out,
@@ -382,7 +382,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         momentum = _checks.momentum(momentum, used=training and (rm is not None or rv is not None))
         if momentum is None:
             momentum = 0.0
-    if backend != "c":
+    if type(backend) is not str or backend != "c":
         backend = _checks.backend(backend)
     size = x.size
     NC = shape[0] * C
@@ -672,7 +672,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
     overlap any operand, except that ``grad_input`` may be exactly ``grad_output`` (in place).
     ``grad_output`` is copied to the input's layout when they differ.
     """
-    if (cb := _CB) is not None and backend == "c":
+    if (cb := _CB) is not None and type(backend) is str and backend == "c":
         # the common call in C (see _forward)
         r = cb(grad_output, input, weight, running_mean, running_var, save_mean, save_invstd,
                training, eps, output_mask, out, _num_threads)
@@ -711,7 +711,7 @@ def batch_norm_backward(grad_output, input, weight, running_mean, running_var, s
             and type(output_mask[1]) is bool and type(output_mask[2]) is bool):
         output_mask = _checks.output_mask(output_mask)
     m0, m1, m2 = output_mask
-    if backend != "c":
+    if type(backend) is not str or backend != "c":
         backend = _checks.backend(backend)
     x0, dy0 = x, dy
     if (f := x.flags).c_contiguous:

@@ -190,6 +190,12 @@ def test_bad_flags(name, value, backend):
 
 def test_bad_backend():
     _call_fails(ValueError, "backend must be 'c' or 'numpy'", "torch")
+    # not a str (an array would compare element by element): a TypeError naming it
+    _call_fails(TypeError, "backend must be a str", np.array(["c", "numpy"]))
+    _call_fails(TypeError, "backend must be a str", 3)
+    with pytest.raises(TypeError, match="backend must be a str"):
+        bnsym.batch_norm_backward(np.ones((2, 3)), np.ones((2, 3)), None, None, None,
+                                  np.zeros(3), np.ones(3), True, 1e-5, backend=np.array(["c", "d"]))
 
 
 # --------------------------------------------------------------------------- out=
