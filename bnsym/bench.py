@@ -19,6 +19,9 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
     is slower, so it gets the functional form as in the baseline), with ``torch.set_num_threads``.
   - **floor**: a C loop ``y[i] = a*x[i] + b`` over the same number of elements and dtype, compiled with
     bnsym's own flags (``bnsym.compiler.compile_args()``), plain at 1 thread, OpenMP at 2.
+  - **two-pass floors** (in the re-timing of cells above their floor target only): the memory
+    traffic of a training pass without its per-channel work, in whole-array passes: a sum over x,
+    then ``y = a*x + b`` (forward); sums of dy and dy*x, then ``dx = a*dy + b*x + c`` (backward).
 * Protocol per measurement: GC off; warm-up of at least 3 calls and 50 ms; then at least 25 samples
   and 0.3 s of sampling (at most 2000 samples; the baseline capped at 500), one call per sample with ``time.perf_counter``; the
   figure is the median. Minor page faults per call and the host's steal time are recorded.
@@ -46,6 +49,9 @@ a short smoke run, ``-h`` for the options. What is timed, and how (see also
   bnsym/floor ratio is above the pass's floor target are timed again with bnsym and the floor
   alternating (``retimed_floor``): the floor targets are judged on the table too, and the
   re-timing tells a miss of the kernel from a slow phase of the host that fell on bnsym's window.
+  The training passes' two-pass floors take part in the same loop (A B C C B A): two-pass/floor is
+  the least bnsym/floor that a kernel which reads its whole input before writing can reach in that
+  cache state, bnsym/two-pass what bnsym's per-channel work and accurate forms add to it.
 * The tiny call (4x8 float32, training) is also timed bare: the compiled module's C entry point
   called directly, its checks and the kernel (:func:`bare_tiny_call`); ``batch_norm`` minus that
   is the share of the Python functions around it. bnsym's call, the bare call and torch's
@@ -154,6 +160,10 @@ class BenchConfig:
 FLOOR_CDEF = """
 void bnsym_floor_f32(const float *x, float *y, ptrdiff_t n, float a, float b, int nthreads);
 void bnsym_floor_f64(const double *x, double *y, ptrdiff_t n, double a, double b, int nthreads);
+void bnsym_floor_fwd_f32(const float *x, float *y, ptrdiff_t n, float scale, int nthreads);
+void bnsym_floor_fwd_f64(const double *x, double *y, ptrdiff_t n, double scale, int nthreads);
+void bnsym_floor_bwd_f32(const float *dy, const float *x, float *dx, ptrdiff_t n, float scale, int nthreads);
+void bnsym_floor_bwd_f64(const double *dy, const double *x, double *dx, ptrdiff_t n, double scale, int nthreads);
 """
 
 FLOOR_SRC = r"""
@@ -177,6 +187,95 @@ void NAME(const T *restrict x, T *restrict y, ptrdiff_t n, T a, T b, int nthread
 
 BNSYM_FLOOR(bnsym_floor_f32, float)
 BNSYM_FLOOR(bnsym_floor_f64, double)
+
+/* The two-pass floors: the memory traffic of a training pass without its per-channel work, in
+   whole-array passes, the least a kernel can do that reads all of its input before it writes the
+   first output (every output depends on every sample of its channel).
+     forward:  s = sum(x)                            (one read)
+               y = x/2 + s*scale                     (one read, one write)
+     backward: s1 = sum(dy), s2 = sum(dy*x)          (two reads)
+               dx = dy/2 + s2*scale*x + s1*scale     (two reads, one write)
+   The sums run in independent lanes (four vectors of 64 bytes); each thread takes one contiguous
+   range, sums it, and after a barrier reads the same range again. One thread runs without a team. */
+#define BNSYM_FLOOR_LANES(T) (256 / (int)sizeof(T))
+
+/* [*lo, *hi): thread me's range of n values among all, in whole lane blocks */
+static void floor_range(ptrdiff_t n, int lanes, int me, int all, ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t per = ((n + all - 1) / all + lanes - 1) / lanes * lanes;
+    *lo = per * me < n ? per * me : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+#ifdef _OPENMP
+#define BNSYM_FLOOR_TEAM(nthreads, CALL)                                                      \
+    if (nthreads > 1) {                                                                       \
+        _Pragma("omp parallel num_threads(nthreads)")                                        \
+        { const int me_ = omp_get_thread_num(), all_ = omp_get_num_threads(); CALL; }         \
+    } else {                                                                                  \
+        const int me_ = 0, all_ = 1; CALL;                                                    \
+    }
+#define BNSYM_FLOOR_BARRIER(all) do { if ((all) > 1) { _Pragma("omp barrier") } } while (0)
+#else
+#define BNSYM_FLOOR_TEAM(nthreads, CALL) { const int me_ = 0, all_ = 1; (void)(nthreads); CALL; }
+#define BNSYM_FLOOR_BARRIER(all) ((void)(all))
+#endif
+
+#define BNSYM_PASS_FLOORS(SUF, T)                                                             \
+static void floor_fwd_part_##SUF(const T *restrict x, T *restrict y, ptrdiff_t n, T scale,    \
+                                 T *part, int me, int all)                                    \
+{                                                                                             \
+    enum { L = BNSYM_FLOOR_LANES(T) };                                                        \
+    ptrdiff_t lo, hi, i;                                                                      \
+    floor_range(n, L, me, all, &lo, &hi);                                                     \
+    T acc[L] = {0}, s = 0;                                                                    \
+    for (i = lo; i + L <= hi; i += L)                                                         \
+        for (int j = 0; j < L; j++) acc[j] += x[i + j];                                       \
+    for (; i < hi; i++) acc[0] += x[i];                                                       \
+    for (int j = 0; j < L; j++) s += acc[j];                                                  \
+    part[me] = s;                                                                             \
+    BNSYM_FLOOR_BARRIER(all);                                                                 \
+    s = 0;                                                                                    \
+    for (int k = 0; k < all; k++) s += part[k];                                               \
+    const T b = s * scale;                                                                    \
+    for (i = lo; i < hi; i++) y[i] = (T)0.5 * x[i] + b;                                       \
+}                                                                                             \
+void bnsym_floor_fwd_##SUF(const T *restrict x, T *restrict y, ptrdiff_t n, T scale,          \
+                          int nthreads)                                                       \
+{                                                                                             \
+    T part[64];                                                                               \
+    if (nthreads > 64) nthreads = 64;                                                         \
+    BNSYM_FLOOR_TEAM(nthreads, floor_fwd_part_##SUF(x, y, n, scale, part, me_, all_))         \
+}                                                                                             \
+static void floor_bwd_part_##SUF(const T *restrict dy, const T *restrict x, T *restrict dx,   \
+                                 ptrdiff_t n, T scale, T *p1, T *p2, int me, int all)         \
+{                                                                                             \
+    enum { L = BNSYM_FLOOR_LANES(T) };                                                        \
+    ptrdiff_t lo, hi, i;                                                                      \
+    floor_range(n, L, me, all, &lo, &hi);                                                     \
+    T a1[L] = {0}, a2[L] = {0}, s1 = 0, s2 = 0;                                               \
+    for (i = lo; i + L <= hi; i += L)                                                         \
+        for (int j = 0; j < L; j++) { a1[j] += dy[i + j]; a2[j] += dy[i + j] * x[i + j]; }    \
+    for (; i < hi; i++) { a1[0] += dy[i]; a2[0] += dy[i] * x[i]; }                            \
+    for (int j = 0; j < L; j++) { s1 += a1[j]; s2 += a2[j]; }                                 \
+    p1[me] = s1;                                                                              \
+    p2[me] = s2;                                                                              \
+    BNSYM_FLOOR_BARRIER(all);                                                                 \
+    s1 = s2 = 0;                                                                              \
+    for (int k = 0; k < all; k++) { s1 += p1[k]; s2 += p2[k]; }                               \
+    const T b = s2 * scale, c = s1 * scale;                                                   \
+    for (i = lo; i < hi; i++) dx[i] = (T)0.5 * dy[i] + b * x[i] + c;                          \
+}                                                                                             \
+void bnsym_floor_bwd_##SUF(const T *restrict dy, const T *restrict x, T *restrict dx,         \
+                           ptrdiff_t n, T scale, int nthreads)                                \
+{                                                                                             \
+    T p1[64], p2[64];                                                                         \
+    if (nthreads > 64) nthreads = 64;                                                         \
+    BNSYM_FLOOR_TEAM(nthreads, floor_bwd_part_##SUF(dy, x, dx, n, scale, p1, p2, me_, all_))  \
+}
+
+BNSYM_PASS_FLOORS(f32, float)
+BNSYM_PASS_FLOORS(f64, double)
 """
 
 
@@ -426,20 +525,25 @@ def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_ca
     return ta, tb
 
 
+def measure_interleaved(fns, cfg: BenchConfig) -> tuple[list, list, int]:
+    """:func:`time_interleaved` with the benchmark's protocol (``2 * cfg.min_time`` s in all):
+    (medians, minima, samples of each)."""
+    ts = time_interleaved(fns, min_samples=cfg.min_samples, min_time=2 * cfg.min_time,
+                          max_samples=cfg.max_samples, warm_calls=cfg.warm_calls,
+                          warm_time=cfg.warm_time)
+    return [float(np.median(t)) for t in ts], [float(min(t)) for t in ts], len(ts[0])
+
+
 def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
-    """:func:`time_pair` with the benchmark's protocol (``2 * cfg.min_time`` s in all, so that each
-    gets about a cell's sampling time): medians and minima of each, and their ratios A/B.
+    """:func:`measure_interleaved` of two functions, A B B A ...: medians and minima of each, and
+    their ratios A/B (each gets about a cell's sampling time).
 
     The table's cells time one implementation at a time, a few seconds apart: on a shared host a
     cell can move by 1.3x between two such windows. Alternating call by call is what decides
     whether A is really slower than B.
     """
-    ta, tb = time_pair(fa, fb, min_samples=cfg.min_samples, min_time=2 * cfg.min_time,
-                       max_samples=cfg.max_samples, warm_calls=cfg.warm_calls,
-                       warm_time=cfg.warm_time)
-    ma, mb = float(np.median(ta)), float(np.median(tb))
-    na, nb = float(min(ta)), float(min(tb))
-    return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": len(ta),
+    (ma, mb), (na, nb), n = measure_interleaved((fa, fb), cfg)
+    return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": n,
             "ratio_median": _ratio(ma, mb), "ratio_min": _ratio(na, nb)}
 
 
@@ -602,20 +706,34 @@ def torch_callables(torch, d: Data):
 
 
 def floor_callable(floor, d: Data, threads: int):
+    """The copy floor ``y = a*x + b`` over ``d``'s input (:func:`floor_callables`' ``"floor"``)."""
+    return floor_callables(floor, d, threads)["floor"]
+
+
+def floor_callables(floor, d: Data, threads: int) -> dict:
+    """The floors over ``d``'s arrays, all writing one output: ``"floor"``, the copy floor, and the
+    two-pass floors of the training passes, ``"fwd"`` (a sum over x, then ``y = x/2 + b``) and
+    ``"bwd"`` (sums of dy and dy*x, then ``dx = dy/2 + b*x + c``). The inference pass has no floor
+    of its own: it is the copy floor's traffic."""
     ffi, lib = floor
     y = np.empty(d.numel, dtype=d.dtype)
-    xs = np.ascontiguousarray(d.x.reshape(-1)) if not d.x.flags.c_contiguous else d.x
-    if d.dtype == np.float32:
-        px, py, fn, ctype = ffi.from_buffer("float[]", xs), ffi.from_buffer("float[]", y), lib.bnsym_floor_f32, "f32"
-    else:
-        px, py, fn, ctype = ffi.from_buffer("double[]", xs), ffi.from_buffer("double[]", y), lib.bnsym_floor_f64, "f64"
+    flat = [np.ascontiguousarray(a.reshape(-1)) if not a.flags.c_contiguous else a for a in (d.x, d.dy)]
+    ctype, suf = ("float[]", "f32") if d.dtype == np.float32 else ("double[]", "f64")
+    px, pdy, py = (ffi.from_buffer(ctype, a) for a in (flat[0], flat[1], y))
+    copy, fwd, bwd = (getattr(lib, f"bnsym_floor_{k}{suf}") for k in ("", "fwd_", "bwd_"))
     n = d.numel
-    keep = (xs, y, px, py)  # noqa: F841 - keep the buffers alive with the closure
+    keep = (flat, y, px, pdy, py)  # keep the buffers alive with the closures
 
     def call(_keep=keep):
-        fn(px, py, n, 0.5, 0.25, threads)
+        copy(px, py, n, 0.5, 0.25, threads)
 
-    return call
+    def call_fwd(_keep=keep):
+        fwd(px, py, n, 1e-12, threads)
+
+    def call_bwd(_keep=keep):
+        bwd(pdy, px, py, n, 1e-12, threads)
+
+    return {"floor": call, "fwd": call_fwd, "bwd": call_bwd}
 
 
 _CHECK_KEYS = ("y_train", "save_mean", "save_invstd", "rm", "rv", "y_infer", "dx", "dw", "db")
@@ -910,7 +1028,8 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
     waited = wait_quiet(cfg.wait_quiet)
     for t in cfg.threads:
         _set_threads(t, api, torch, have["bnsym"])
-        floor_fn = floor_callable(floor, d, t) if floor is not None else None
+        floors = floor_callables(floor, d, t) if floor is not None else None
+        floor_fn = floors["floor"] if floors else None
         cells = []  # (key, callable) in the interleaving order of one round
         for p in cfg.passes:
             for impl in ("bnsym", "torch"):
@@ -952,7 +1071,7 @@ def _run_config(cfg, report, api, torch, floor, have, shape, dt, lay, seed, prog
                 mb = results.get((t, p, "bnsym"))
                 r = _ratio(min(m["median"] for m in mb), min(m["median"] for m in mf)) if mb else None
                 if r is not None and r > TARGETS[FLOOR_TARGET[p]]:
-                    retimed_floor[(t, p)] = _retime(fns["bnsym"][p], floor_fn, "floor", cfg, progress)
+                    retimed_floor[(t, p)] = _retime_floor(fns["bnsym"][p], floors, p, cfg, progress)
 
     numpy_threads = cfg.threads[0] if cfg.threads else 1
     for t in cfg.threads:
@@ -1002,6 +1121,25 @@ def _retime(bnsym_fn, other_fn, other: str, cfg, progress) -> dict:
     return {"bnsym_median": pair["a_median"], f"{other}_median": pair["b_median"],
             "bnsym_min": pair["a_min"], f"{other}_min": pair["b_min"], "samples": pair["samples"],
             "ratio_median": pair["ratio_median"], "ratio_min": pair["ratio_min"]}
+
+
+def _retime_floor(bnsym_fn, floors, p, cfg, progress) -> dict:
+    """bnsym, the copy floor and, for a training pass, its two-pass floor (:func:`floor_callables`)
+    timed again call by call in one loop (A B C C B A): medians and minima, the ratios bnsym/floor
+    and, with the two-pass floor, two-pass/floor (the least bnsym/floor a kernel that reads its input
+    before writing can reach in that cache state) and bnsym/two-pass; the samples."""
+    fns = [bnsym_fn, floors["floor"]] + ([floors[p]] if p in floors else [])
+    progress.add(1)
+    med, mins, n = measure_interleaved(fns, cfg)
+    progress.step()
+    out = {"bnsym_median": med[0], "floor_median": med[1], "bnsym_min": mins[0], "floor_min": mins[1],
+           "samples": n, "ratio_median": _ratio(med[0], med[1]), "ratio_min": _ratio(mins[0], mins[1]),
+           "two_pass_median": None, "two_pass_min": None, "two_pass_over_floor": None,
+           "bnsym_over_two_pass": None}
+    if len(fns) == 3:
+        out.update(two_pass_median=med[2], two_pass_min=mins[2],
+                   two_pass_over_floor=_ratio(med[2], med[1]), bnsym_over_two_pass=_ratio(med[0], med[2]))
+    return out
 
 
 def _ratio(a, b):
@@ -1316,6 +1454,11 @@ def summarize(report: dict, cfg: BenchConfig) -> dict:
                 if still:
                     v, r = max(still, key=lambda t: t[0])
                     detail += f", worst {v:.2f} ({_row_label(r)})"
+                    two = [r["retimed_floor"]["two_pass_over_floor"] for _, r in still
+                           if r["retimed_floor"].get("two_pass_over_floor") is not None]
+                    if two:
+                        detail += (f"; the two-pass floor alone takes {min(two):.2f}x-{max(two):.2f}x "
+                                   f"the floor on those")
             add(key, f"1 thread: bnsym/floor {PASS_LABEL[p]} <= {TARGETS[key]}", worst, TARGETS[key],
                 worst <= TARGETS[key], detail)
         else:
@@ -1431,13 +1574,21 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append("1-thread cells above their floor target, timed again call by call (bnsym and the "
                      "floor alternating in one loop, A B B A):")
-        table = [("cell", "bnsym us", "floor us", "bnsym/floor", "of the minima", "target", "samples")]
+        table = [("cell", "bnsym us", "floor us", "bnsym/floor", "of the minima", "target",
+                  "2-pass us", "2-pass/floor", "bnsym/2-pass", "samples")]
         for r in again:
             rt = r["retimed_floor"]
             table.append((_row_label(r), fmt_us(rt["bnsym_median"]), fmt_us(rt["floor_median"]),
                           fmt_ratio(rt["ratio_median"]), fmt_ratio(rt["ratio_min"]),
-                          fmt_ratio(TARGETS[FLOOR_TARGET[r["pass"]]]), str(rt["samples"])))
+                          fmt_ratio(TARGETS[FLOOR_TARGET[r["pass"]]]), fmt_us(rt.get("two_pass_median")),
+                          fmt_ratio(rt.get("two_pass_over_floor")), fmt_ratio(rt.get("bnsym_over_two_pass")),
+                          str(rt["samples"])))
         lines.extend("  " + ln for ln in _align(table, left=1))
+        if any(r["retimed_floor"].get("two_pass_median") is not None for r in again):
+            lines.append("  2-pass: the two-pass floor of a training pass, its memory traffic without the "
+                         "per-channel work (forward: a sum over x, then y = a*x + b; backward: sums of dy "
+                         "and dy*x, then dx = a*dy + b*x + c), in the same loop; 2-pass/floor is the "
+                         "least bnsym/floor a kernel that reads its input before it writes can reach there")
     summ = report.get("summary", {})
     geo = summ.get("geomean_speedup_vs_torch", {})
     if geo and not any(g.get("n") for g in geo.values()):
