@@ -387,8 +387,8 @@ def test_cells_above_their_floor_target_are_timed_again_call_by_call(tmp_path, c
                 assert rt["two_pass_median"] is None and rt["bnsym_over_two_pass"] is None
             else:  # the training passes: their two-pass floor in the same loop
                 assert rt["two_pass_median"] > 0 and rt["two_pass_min"] <= rt["two_pass_median"]
-                assert rt["two_pass_over_floor"] == pytest.approx(rt["two_pass_median"] / rt["floor_median"])
-                assert rt["bnsym_over_two_pass"] == pytest.approx(rt["bnsym_median"] / rt["two_pass_median"])
+                assert rt["two_pass_over_floor"] == pytest.approx(rt["two_pass_median"] / rt["two_pass_floor_median"])
+                assert rt["bnsym_over_two_pass"] == pytest.approx(rt["ratio_median"] / rt["two_pass_over_floor"])
         else:
             assert r["retimed_floor"] is None  # 2 threads, or within the target: not re-timed
     again = [r for r in rows if r["retimed_floor"]]
