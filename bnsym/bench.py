@@ -1125,24 +1125,20 @@ def _retime(bnsym_fn, other_fn, other: str, cfg, progress) -> dict:
 
 
 def _retime_floor(bnsym_fn, floors, p, cfg, progress) -> dict:
-    """bnsym and the copy floor timed again call by call (:func:`measure_pair`) and, for a training
-    pass, its two-pass floor (:func:`floor_callables`) with the copy floor in a loop of their own:
-    medians and minima, bnsym/floor, two-pass/floor (the least bnsym/floor that a kernel which reads
-    its input before it writes can reach, each alternating with the floor as bnsym does) and
-    bnsym/two-pass, the quotient of the two; the samples."""
-    progress.add(1)
-    pair = measure_pair(bnsym_fn, floors["floor"], cfg)
-    two = measure_pair(floors[p], floors["floor"], cfg) if p in floors else None
-    progress.step()
-    out = {"bnsym_median": pair["a_median"], "floor_median": pair["b_median"],
-           "bnsym_min": pair["a_min"], "floor_min": pair["b_min"], "samples": pair["samples"],
-           "ratio_median": pair["ratio_median"], "ratio_min": pair["ratio_min"],
-           "two_pass_median": None, "two_pass_min": None, "two_pass_floor_median": None,
-           "two_pass_over_floor": None, "bnsym_over_two_pass": None}
-    if two is not None:
+    """:func:`_retime` of bnsym against the copy floor and, for a training pass, its two-pass floor
+    (:func:`floor_callables`) against the copy floor in a loop of their own: two-pass/floor (the
+    least bnsym/floor that a kernel which reads its input before it writes can reach, alternating
+    with the floor as bnsym does) and bnsym/two-pass, the quotient of the two ratios."""
+    out = _retime(bnsym_fn, floors["floor"], "floor", cfg, progress)
+    out.update(two_pass_median=None, two_pass_min=None, two_pass_floor_median=None,
+               two_pass_over_floor=None, bnsym_over_two_pass=None)
+    if p in floors:
+        progress.add(1)
+        two = measure_pair(floors[p], floors["floor"], cfg)
+        progress.step()
         out.update(two_pass_median=two["a_median"], two_pass_min=two["a_min"],
                    two_pass_floor_median=two["b_median"], two_pass_over_floor=two["ratio_median"],
-                   bnsym_over_two_pass=_ratio(pair["ratio_median"], two["ratio_median"]))
+                   bnsym_over_two_pass=_ratio(out["ratio_median"], two["ratio_median"]))
     return out
 
 
