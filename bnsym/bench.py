@@ -526,25 +526,20 @@ def time_pair(fa, fb, *, min_samples=25, min_time=0.3, max_samples=2000, warm_ca
     return ta, tb
 
 
-def measure_interleaved(fns, cfg: BenchConfig) -> tuple[list, list, int]:
-    """:func:`time_interleaved` with the benchmark's protocol (``2 * cfg.min_time`` s in all):
-    (medians, minima, samples of each)."""
-    ts = time_interleaved(fns, min_samples=cfg.min_samples, min_time=2 * cfg.min_time,
-                          max_samples=cfg.max_samples, warm_calls=cfg.warm_calls,
-                          warm_time=cfg.warm_time)
-    return [float(np.median(t)) for t in ts], [float(min(t)) for t in ts], len(ts[0])
-
-
 def measure_pair(fa, fb, cfg: BenchConfig) -> dict:
-    """:func:`measure_interleaved` of two functions, A B B A ...: medians and minima of each, and
-    their ratios A/B (each gets about a cell's sampling time).
+    """:func:`time_pair` with the benchmark's protocol (``2 * cfg.min_time`` s in all, so that each
+    gets about a cell's sampling time): medians and minima of each, and their ratios A/B.
 
     The table's cells time one implementation at a time, a few seconds apart: on a shared host a
     cell can move by 1.3x between two such windows. Alternating call by call is what decides
     whether A is really slower than B.
     """
-    (ma, mb), (na, nb), n = measure_interleaved((fa, fb), cfg)
-    return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": n,
+    ta, tb = time_pair(fa, fb, min_samples=cfg.min_samples, min_time=2 * cfg.min_time,
+                       max_samples=cfg.max_samples, warm_calls=cfg.warm_calls,
+                       warm_time=cfg.warm_time)
+    ma, mb = float(np.median(ta)), float(np.median(tb))
+    na, nb = float(min(ta)), float(min(tb))
+    return {"a_median": ma, "b_median": mb, "a_min": na, "b_min": nb, "samples": len(ta),
             "ratio_median": _ratio(ma, mb), "ratio_min": _ratio(na, nb)}
 
 
