@@ -550,11 +550,13 @@ static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_backward_train_f32_needs_wide(const bnsym_backward_train_f32_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
@@ -900,6 +902,26 @@ static void bnsym_backward_train_f32_pass_t(const bnsym_backward_train_f32_ctx *
 static void bnsym_backward_train_f32_set_rin_d(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
+    if (R == 1) {
+        /* lanes interleave the channels: vectorize over the channels */
+        for (u = 0; u < L; u += LC) {
+            {
+                double *bn_l = p->lane + 0 * L + u;
+                const double *bn_v = a->rin + 0 * a->C + c0;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_v[c];
+            }
+            {
+                double *bn_l = p->lane + 1 * L + u;
+                const double *bn_v = a->rin + 1 * a->C + c0;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_v[c];
+            }
+        }
+        return;
+    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -926,6 +948,21 @@ static void bnsym_backward_train_f32_set_rin(const bnsym_backward_train_f32_ctx 
 {
     int64_t u, c, r;
     p->rin_c0 = c0;
+    if (R == 1) {
+        /* lanes interleave the channels: vectorize over the channels */
+        for (u = 0; u < L; u += LC) {
+            {
+                float *bn_l = p->lanet + 0 * L + u;
+                const double *bn_r = a->rin + 1 * a->C + c0;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c) {
+                    const double bn_v = bn_r[c];
+                    bn_l[c] = (float)(bn_v);
+                }
+            }
+        }
+        return;
+    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -1074,16 +1111,26 @@ static void bnsym_backward_train_f32_block_sums(const bnsym_backward_train_f32_c
  */
 static void bnsym_backward_train_f32_t_post(const bnsym_backward_train_f32_ctx *a, double *bacc, int64_t c0, int64_t LC, const double *skip)
 {
+    const double *bn_rin = a->rin + c0;
     int64_t c;
-    for (c = 0; c < LC; ++c) {
-        if (skip != NULL && skip[c] != 0.0)
-            continue;
-        {
-            const double invstd = a->rin[0 * a->C + c0 + c];
-            const double mean = a->rin[1 * a->C + c0 + c];
+    if (skip == NULL) {
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            const double invstd = bn_rin[0 * a->C + c];
+            const double mean = bn_rin[1 * a->C + c];
             const double bn_raw0 = bacc[0 * LC + c];
             const double bn_raw1 = bacc[1 * LC + c];
             bacc[1 * LC + c] = invstd*(bn_raw0*(-mean + (double)(float)(mean)) + bn_raw1);
+        }
+    } else {
+        /* a select, not a branch: the loop stays a vector loop */
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            const double invstd = bn_rin[0 * a->C + c];
+            const double mean = bn_rin[1 * a->C + c];
+            const double bn_raw0 = bacc[0 * LC + c];
+            const double bn_raw1 = bacc[1 * LC + c];
+            bacc[1 * LC + c] = (skip[c] != 0.0) ? bacc[1 * LC + c] : invstd*(bn_raw0*(-mean + (double)(float)(mean)) + bn_raw1);
         }
     }
 }
@@ -1094,13 +1141,14 @@ static void bnsym_backward_train_f32_t_post(const bnsym_backward_train_f32_ctx *
 static void bnsym_backward_train_f32_t_fallback(const bnsym_backward_train_f32_ctx *a, bnsym_backward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, double bn)
 {
+    const double *bn_b = p->bacc;
+    double *bn_bad = p->tbad;
     int64_t c, k;
     int bad = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:bad))
     for (c = 0; c < LC; ++c) {
-        int ok = 1;
-        ok &= bnsym_stat_t_ok_sum(p->bacc[0 * LC + c], bn);
-        ok &= bnsym_stat_t_ok_sum(p->bacc[1 * LC + c], bn);
-        p->tbad[c] = ok ? 0.0 : 1.0;
+        const int ok = bnsym_stat_t_ok_sum(bn_b[0 * LC + c], bn) & bnsym_stat_t_ok_sum(bn_b[1 * LC + c], bn);
+        bn_bad[c] = ok ? 0.0 : 1.0;
         bad |= !ok;
     }
     if (p->traw)
@@ -1130,10 +1178,16 @@ static void bnsym_backward_train_f32_reduce_block(const bnsym_backward_train_f32
     int64_t c;
     bnsym_backward_train_f32_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 1);
     bnsym_backward_train_f32_t_fallback(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, bn);
-    for (c = 0; c < LC; ++c) {
-        st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
-        st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
-        st->cnt[c0 + c] += bn;
+    {
+        double *bn_sum = st->sum + c0;
+        const double *bn_b = p->bacc;
+        double *bn_cnt = st->cnt + c0;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            bn_sum[0 * ld + c] += bn_b[0 * LC + c];
+            bn_sum[1 * ld + c] += bn_b[1 * LC + c];
+            bn_cnt[c] += bn;
+        }
     }
 }
 
@@ -1156,11 +1210,15 @@ static void bnsym_backward_train_f32_state_merge(bnsym_backward_train_f32_state 
 static void bnsym_backward_train_f32_state_finish(const bnsym_backward_train_f32_ctx *a, const bnsym_backward_train_f32_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
+    double *bn_red = a->red;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
     int64_t c;
+    BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = st->sum[0 * C + c];
-        a->red[1 * C + c] = st->sum[1 * C + c];
+        bn_red[0 * C + c] = bn_sum[0 * C + c];
+        bn_red[1 * C + c] = bn_sum[1 * C + c];
     }
+    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
@@ -2292,11 +2350,13 @@ static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx
  * the element pass then takes the plan's form for that channel. */
 static int bnsym_backward_train_f64_needs_wide(const bnsym_backward_train_f64_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
@@ -2475,6 +2535,26 @@ static void bnsym_backward_train_f64_pass(const bnsym_backward_train_f64_ctx *a,
 static void bnsym_backward_train_f64_set_rin_d(const bnsym_backward_train_f64_ctx *a, bnsym_backward_train_f64_scratch *p, int64_t L, int64_t c0, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
+    if (R == 1) {
+        /* lanes interleave the channels: vectorize over the channels */
+        for (u = 0; u < L; u += LC) {
+            {
+                double *bn_l = p->lane + 0 * L + u;
+                const double *bn_v = a->rin + 0 * a->C + c0;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_v[c];
+            }
+            {
+                double *bn_l = p->lane + 1 * L + u;
+                const double *bn_v = a->rin + 1 * a->C + c0;
+                BNSYM_SIMD
+                for (c = 0; c < LC; ++c)
+                    bn_l[c] = bn_v[c];
+            }
+        }
+        return;
+    }
     for (u = 0; u < L; u += LC * R)
         for (c = 0; c < LC; ++c) {
             {
@@ -2631,10 +2711,16 @@ static void bnsym_backward_train_f64_reduce_block(const bnsym_backward_train_f64
     const int64_t nq = seg_len / L, tail = seg_len - nq * L;
     int64_t c;
     bnsym_backward_train_f64_block_sums(a, p, base, nseg, stride, seg_len, L, LC, R, nq, tail, 0);
-    for (c = 0; c < LC; ++c) {
-        st->sum[0 * ld + c0 + c] += p->bacc[0 * LC + c];
-        st->sum[1 * ld + c0 + c] += p->bacc[1 * LC + c];
-        st->cnt[c0 + c] += bn;
+    {
+        double *bn_sum = st->sum + c0;
+        const double *bn_b = p->bacc;
+        double *bn_cnt = st->cnt + c0;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            bn_sum[0 * ld + c] += bn_b[0 * LC + c];
+            bn_sum[1 * ld + c] += bn_b[1 * LC + c];
+            bn_cnt[c] += bn;
+        }
     }
 }
 
@@ -2657,11 +2743,15 @@ static void bnsym_backward_train_f64_state_merge(bnsym_backward_train_f64_state 
 static void bnsym_backward_train_f64_state_finish(const bnsym_backward_train_f64_ctx *a, const bnsym_backward_train_f64_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
+    double *bn_red = a->red;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
     int64_t c;
+    BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = st->sum[0 * C + c];
-        a->red[1 * C + c] = st->sum[1 * C + c];
+        bn_red[0 * C + c] = bn_sum[0 * C + c];
+        bn_red[1 * C + c] = bn_sum[1 * C + c];
     }
+    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the

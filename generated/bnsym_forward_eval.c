@@ -371,11 +371,13 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a,
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_forward_eval_f32_needs_wide(const bnsym_forward_eval_f32_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* Whether this call's element pass streams its outputs (BNSYM_STREAM_BYTES): if so, sets
@@ -1122,11 +1124,13 @@ static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a,
  * the element pass then takes the plan's form for that channel. */
 static int bnsym_forward_eval_f64_needs_wide(const bnsym_forward_eval_f64_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* Whether this call's element pass streams its outputs (BNSYM_STREAM_BYTES): if so, sets

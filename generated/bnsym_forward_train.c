@@ -536,11 +536,13 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_forward_train_f32_needs_wide(const bnsym_forward_train_f32_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -549,16 +551,28 @@ static int bnsym_forward_train_f32_finish(const bnsym_forward_train_f32_ctx *a, 
 {
     int64_t c;
     if (skip_nonfinite) {
+        const double *bn_red = a->red;
+        int bad = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:bad))
         for (c = 0; c < 2 * a->C; ++c)
-            if (!isfinite(a->red[c]))
-                return 1;
+            bad |= !isfinite(bn_red[c]);
+        if (bad)
+            return 1;
     }
-    if (a->running_mean != NULL)
+    if (a->running_mean != NULL) {
+        float *bn_out = a->running_mean;
+        const double *bn_g = a->guard + 0 * a->C;
+        BNSYM_SIMD
         for (c = 0; c < a->C; ++c)
-            a->running_mean[c] = (float)a->guard[0 * a->C + c];
-    if (a->running_var != NULL)
+            bn_out[c] = (float)bn_g[c];
+    }
+    if (a->running_var != NULL) {
+        float *bn_out = a->running_var;
+        const double *bn_g = a->guard + 1 * a->C;
+        BNSYM_SIMD
         for (c = 0; c < a->C; ++c)
-            a->running_var[c] = (float)a->guard[1 * a->C + c];
+            bn_out[c] = (float)bn_g[c];
+    }
     return 0;
 }
 
@@ -1008,10 +1022,11 @@ static void bnsym_forward_train_f32_set_shifts_d(bnsym_forward_train_f32_scratch
 static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t u, c, r;
+    double *bn_sh = p->shift;
+    BNSYM_SIMD
     for (c = 0; c < 1 * LC; ++c) {
-        if (!isfinite(p->shift[c]))
-            p->shift[c] = 0.0;
-        p->shift[c] = (double)(float)p->shift[c]; /* the value the float pass subtracts */
+        const double bn_s = isfinite(bn_sh[c]) ? bn_sh[c] : 0.0;
+        bn_sh[c] = (double)(float)bn_s; /* the value the float pass subtracts */
     }
     if (R == 1) {
         for (u = 0; u < L; u += LC) {
@@ -1039,12 +1054,14 @@ static void bnsym_forward_train_f32_set_shifts(bnsym_forward_train_f32_scratch *
 static void bnsym_forward_train_f32_t_fallback(const bnsym_forward_train_f32_ctx *a, bnsym_forward_train_f32_scratch *p, int64_t base, int64_t nseg,
     int64_t stride, int64_t seg_len, int64_t L, int64_t LC, int64_t R, int64_t nq, int64_t tail, double bn)
 {
+    const double *bn_b = p->bacc;
+    double *bn_bad = p->tbad;
     int64_t c, k;
     int bad = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:bad))
     for (c = 0; c < LC; ++c) {
-        int ok = 1;
-        ok &= bnsym_stat_t_ok(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn);
-        p->tbad[c] = ok ? 0.0 : 1.0;
+        const int ok = bnsym_stat_t_ok(bn_b[0 * LC + c], bn_b[1 * LC + c], bn);
+        bn_bad[c] = ok ? 0.0 : 1.0;
         bad |= !ok;
     }
     if (!bad)
@@ -1068,10 +1085,10 @@ static void bnsym_forward_train_f32_merge_block(const double *restrict cnt, doub
     int64_t LC, double bn)
 {
     int64_t c;
+    BNSYM_SIMD
     for (c = 0; c < LC; ++c)
-        if (cnt[c] == 0.0)
-            k[c] = sh[c];
-    for (c = 0; c < LC; ++c)
+        k[c] = (cnt[c] == 0.0) ? sh[c] : k[c];
+    for (c = 0; c < LC; ++c) /* vectorized (restrict) */
         bnsym_stat_merge(cnt[c], bnsym_stat_weight(cnt[c], bn), &off[c], &m2[c],
             bnsym_stat_block_d(k[c], off[c], sh[c], s1[c], bn), bnsym_stat_block_m2(s1[c], s2[c], bn));
 }
@@ -1091,9 +1108,12 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     const int use_t = 1;
     /* the shifts' lanes (none when every sum below is taken strip by strip) */
     const int64_t Ls = ((p->all_strips || bnsym_forward_train_f32_by_strips(nseg, R)) && seg_len == L) ? 0 : L;
-    for (c = 0; c < LC; ++c)
-        if (st->cnt[c0 + c] == 0.0)
-            fresh = 1;
+    {
+        const double *bn_cnt = st->cnt + c0; /* (pointers of their own: vector loops, not gathers) */
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:fresh))
+        for (c = 0; c < LC; ++c)
+            fresh |= bn_cnt[c] == 0.0;
+    }
     if (fresh) {
         /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
          * values when it is shorter) */
@@ -1118,9 +1138,14 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
             p->shift[0 * LC + c] = bnsym_stat_mean(p->bacc[0 * LC + c], cnt);
         }
     }
-    for (c = 0; c < LC; ++c) {
-        if (st->cnt[c0 + c] > 0.0) {
-            p->shift[0 * LC + c] = bnsym_stat_total(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c]);
+    {
+        const double *bn_cnt = st->cnt + c0, *bn_k = st->k + c0, *bn_off = st->off + c0;
+        double *bn_sh = p->shift;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            const int bn_have = bn_cnt[c] > 0.0;
+            bn_sh[0 * LC + c] = bn_have ? bnsym_stat_total(bn_k[0 * ld + c], bn_off[0 * ld + c])
+                : bn_sh[0 * LC + c];
         }
     }
     for (;;) {
@@ -1132,11 +1157,15 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
             break;
         /* channels whose shift was too far from their mean get a new one (the others keep
          * theirs, so their sums come out the same again) */
+        const double *bn_b = p->bacc;
+        double *bn_sh = p->shift;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:recenter))
         for (c = 0; c < LC; ++c) {
-            if (bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn)) {
-                p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
-                recenter = 1;
-            }
+            const int bn_re0 = bnsym_stat_recenter(bn_b[0 * LC + c], bn_b[1 * LC + c], bn);
+            bn_sh[0 * LC + c] = bn_re0
+                ? bnsym_stat_block_mean(bn_sh[0 * LC + c], bn_b[0 * LC + c], bn)
+                : bn_sh[0 * LC + c];
+            recenter |= bn_re0;
         }
         if (!recenter)
             break;
@@ -1145,8 +1174,12 @@ static void bnsym_forward_train_f32_reduce_block(const bnsym_forward_train_f32_c
     bnsym_forward_train_f32_merge_block(st->cnt + c0, st->k + 0 * ld + c0, st->off + 0 * ld + c0,
         st->m2 + 0 * ld + c0, p->shift + 0 * LC, p->bacc + 0 * LC,
         p->bacc + 1 * LC, LC, bn);
-    for (c = 0; c < LC; ++c) {
-        st->cnt[c0 + c] += bn;
+    {
+        double *bn_cnt = st->cnt + c0;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            bn_cnt[c] += bn;
+        }
     }
 }
 
@@ -1158,6 +1191,7 @@ static void bnsym_forward_train_f32_merge_moment(const double *restrict na, cons
     const double *restrict qb, int64_t n)
 {
     int64_t c;
+    BNSYM_SIMD
     for (c = 0; c < n; ++c) {
         const int take = na[c] == 0.0, keep = nb[c] == 0.0;
         double o = oa[c], q = qa[c];
@@ -1186,11 +1220,15 @@ static void bnsym_forward_train_f32_state_merge(bnsym_forward_train_f32_state *d
 static void bnsym_forward_train_f32_state_finish(const bnsym_forward_train_f32_ctx *a, const bnsym_forward_train_f32_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
+    double *bn_red = a->red;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
     int64_t c;
+    BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = bnsym_stat_total(st->k[0 * C + c], st->off[0 * C + c]);
-        a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
+        bn_red[0 * C + c] = bnsym_stat_total(bn_k[0 * C + c], bn_off[0 * C + c]);
+        bn_red[1 * C + c] = bnsym_stat_var(bn_m2[0 * C + c], bn_cnt[c]);
     }
+    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
@@ -2300,11 +2338,13 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
  * the element pass then takes the plan's form for that channel. */
 static int bnsym_forward_train_f64_needs_wide(const bnsym_forward_train_f64_ctx *a)
 {
+    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
     int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
     for (c = 0; c < a->C; ++c)
-        if (a->wflag[c] != 0.0)
-            return 1;
-    return 0;
+        wide |= bn_flag[c] != 0.0;
+    return wide;
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -2313,16 +2353,28 @@ static int bnsym_forward_train_f64_finish(const bnsym_forward_train_f64_ctx *a, 
 {
     int64_t c;
     if (skip_nonfinite) {
+        const double *bn_red = a->red;
+        int bad = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:bad))
         for (c = 0; c < 2 * a->C; ++c)
-            if (!isfinite(a->red[c]))
-                return 1;
+            bad |= !isfinite(bn_red[c]);
+        if (bad)
+            return 1;
     }
-    if (a->running_mean != NULL)
+    if (a->running_mean != NULL) {
+        double *bn_out = a->running_mean;
+        const double *bn_g = a->guard + 0 * a->C;
+        BNSYM_SIMD
         for (c = 0; c < a->C; ++c)
-            a->running_mean[c] = (double)a->guard[0 * a->C + c];
-    if (a->running_var != NULL)
+            bn_out[c] = (double)bn_g[c];
+    }
+    if (a->running_var != NULL) {
+        double *bn_out = a->running_var;
+        const double *bn_g = a->guard + 1 * a->C;
+        BNSYM_SIMD
         for (c = 0; c < a->C; ++c)
-            a->running_var[c] = (double)a->guard[1 * a->C + c];
+            bn_out[c] = (double)bn_g[c];
+    }
     return 0;
 }
 
@@ -2608,9 +2660,11 @@ static void bnsym_forward_train_f64_set_shifts_d(bnsym_forward_train_f64_scratch
 static void bnsym_forward_train_f64_set_shifts(bnsym_forward_train_f64_scratch *p, int64_t L, int64_t LC, int64_t R)
 {
     int64_t c;
+    double *bn_sh = p->shift;
+    BNSYM_SIMD
     for (c = 0; c < 1 * LC; ++c) {
-        if (!isfinite(p->shift[c]))
-            p->shift[c] = 0.0;
+        const double bn_s = isfinite(bn_sh[c]) ? bn_sh[c] : 0.0;
+        bn_sh[c] = bn_s;
     }
     bnsym_forward_train_f64_set_shifts_d(p, L, LC, R);
 }
@@ -2624,10 +2678,10 @@ static void bnsym_forward_train_f64_merge_block(const double *restrict cnt, doub
     int64_t LC, double bn)
 {
     int64_t c;
+    BNSYM_SIMD
     for (c = 0; c < LC; ++c)
-        if (cnt[c] == 0.0)
-            k[c] = sh[c];
-    for (c = 0; c < LC; ++c)
+        k[c] = (cnt[c] == 0.0) ? sh[c] : k[c];
+    for (c = 0; c < LC; ++c) /* vectorized (restrict) */
         bnsym_stat_merge(cnt[c], bnsym_stat_weight(cnt[c], bn), &off[c], &m2[c],
             bnsym_stat_block_d(k[c], off[c], sh[c], s1[c], bn), bnsym_stat_block_m2(s1[c], s2[c], bn));
 }
@@ -2647,9 +2701,12 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     const int use_t = 0;
     /* the shifts' lanes (none when every sum below is taken strip by strip) */
     const int64_t Ls = ((p->all_strips || bnsym_forward_train_f64_by_strips(nseg, R)) && seg_len == L) ? 0 : L;
-    for (c = 0; c < LC; ++c)
-        if (st->cnt[c0 + c] == 0.0)
-            fresh = 1;
+    {
+        const double *bn_cnt = st->cnt + c0; /* (pointers of their own: vector loops, not gathers) */
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:fresh))
+        for (c = 0; c < LC; ++c)
+            fresh |= bn_cnt[c] == 0.0;
+    }
     if (fresh) {
         /* the mean of the block's first BNSYM_PREFIX values per channel (or of its first
          * values when it is shorter) */
@@ -2674,9 +2731,14 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
             p->shift[0 * LC + c] = bnsym_stat_mean(p->bacc[0 * LC + c], cnt);
         }
     }
-    for (c = 0; c < LC; ++c) {
-        if (st->cnt[c0 + c] > 0.0) {
-            p->shift[0 * LC + c] = bnsym_stat_total(st->k[0 * ld + c0 + c], st->off[0 * ld + c0 + c]);
+    {
+        const double *bn_cnt = st->cnt + c0, *bn_k = st->k + c0, *bn_off = st->off + c0;
+        double *bn_sh = p->shift;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            const int bn_have = bn_cnt[c] > 0.0;
+            bn_sh[0 * LC + c] = bn_have ? bnsym_stat_total(bn_k[0 * ld + c], bn_off[0 * ld + c])
+                : bn_sh[0 * LC + c];
         }
     }
     for (;;) {
@@ -2687,11 +2749,15 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
             break;
         /* channels whose shift was too far from their mean get a new one (the others keep
          * theirs, so their sums come out the same again) */
+        const double *bn_b = p->bacc;
+        double *bn_sh = p->shift;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:recenter))
         for (c = 0; c < LC; ++c) {
-            if (bnsym_stat_recenter(p->bacc[0 * LC + c], p->bacc[1 * LC + c], bn)) {
-                p->shift[0 * LC + c] = bnsym_stat_block_mean(p->shift[0 * LC + c], p->bacc[0 * LC + c], bn);
-                recenter = 1;
-            }
+            const int bn_re0 = bnsym_stat_recenter(bn_b[0 * LC + c], bn_b[1 * LC + c], bn);
+            bn_sh[0 * LC + c] = bn_re0
+                ? bnsym_stat_block_mean(bn_sh[0 * LC + c], bn_b[0 * LC + c], bn)
+                : bn_sh[0 * LC + c];
+            recenter |= bn_re0;
         }
         if (!recenter)
             break;
@@ -2700,8 +2766,12 @@ static void bnsym_forward_train_f64_reduce_block(const bnsym_forward_train_f64_c
     bnsym_forward_train_f64_merge_block(st->cnt + c0, st->k + 0 * ld + c0, st->off + 0 * ld + c0,
         st->m2 + 0 * ld + c0, p->shift + 0 * LC, p->bacc + 0 * LC,
         p->bacc + 1 * LC, LC, bn);
-    for (c = 0; c < LC; ++c) {
-        st->cnt[c0 + c] += bn;
+    {
+        double *bn_cnt = st->cnt + c0;
+        BNSYM_SIMD
+        for (c = 0; c < LC; ++c) {
+            bn_cnt[c] += bn;
+        }
     }
 }
 
@@ -2713,6 +2783,7 @@ static void bnsym_forward_train_f64_merge_moment(const double *restrict na, cons
     const double *restrict qb, int64_t n)
 {
     int64_t c;
+    BNSYM_SIMD
     for (c = 0; c < n; ++c) {
         const int take = na[c] == 0.0, keep = nb[c] == 0.0;
         double o = oa[c], q = qa[c];
@@ -2741,11 +2812,15 @@ static void bnsym_forward_train_f64_state_merge(bnsym_forward_train_f64_state *d
 static void bnsym_forward_train_f64_state_finish(const bnsym_forward_train_f64_ctx *a, const bnsym_forward_train_f64_state *st, int64_t c0, int64_t c1)
 {
     const int64_t C = a->C;
+    double *bn_red = a->red;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
     int64_t c;
+    BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
-        a->red[0 * C + c] = bnsym_stat_total(st->k[0 * C + c], st->off[0 * C + c]);
-        a->red[1 * C + c] = bnsym_stat_var(st->m2[0 * C + c], st->cnt[c]);
+        bn_red[0 * C + c] = bnsym_stat_total(bn_k[0 * C + c], bn_off[0 * C + c]);
+        bn_red[1 * C + c] = bnsym_stat_var(bn_m2[0 * C + c], bn_cnt[c]);
     }
+    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
