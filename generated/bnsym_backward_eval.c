@@ -443,8 +443,6 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
-    int64_t psum_n; /* values of psum (and of psumt) */
-    int psum_clear; /* psum and psumt hold zeros (bnsym_backward_eval_f32_psum_ready) */
     int all_strips; /* every block is summed strip by strip (bnsym_backward_eval_f32_run_small) */
     int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
     int traw;       /* bacc holds sums as the float pass leaves them (bnsym_backward_eval_f32_t_post) */
@@ -466,7 +464,7 @@ static size_t bnsym_backward_eval_f32_work_size(int64_t C, int64_t L, int64_t LC
  * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
  * arrays. */
 static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st, bnsym_backward_eval_f32_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     double *chan;
@@ -486,24 +484,14 @@ static void bnsym_backward_eval_f32_work_init(bnsym_backward_eval_f32_state *st,
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    sc->psum_n = 2 * L;
-    sc->psum_clear = 0; /* zeroed by the first pass that uses them, if any */
     for (j = 0; j < (1 + 3 * 0 + 2) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
-}
-
-/* Zero the partial sums of wide rows before their first use in a call (the passes that use them
- * leave them zeroed; most calls never do, and skip zeroing them). */
-static inline void bnsym_backward_eval_f32_psum_ready(bnsym_backward_eval_f32_scratch *sc)
-{
-    int64_t j;
-    if (sc->psum_clear)
-        return;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psum[j] = 0.0;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psumt[j] = 0;
-    sc->psum_clear = 1;
+    if (zero_scratch) {
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
+        for (j = 0; j < 2 * L; ++j)
+            sc->psumt[j] = 0;
+    }
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -569,7 +557,6 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_backward_eval_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -677,7 +664,6 @@ static void bnsym_backward_eval_f32_pass(const bnsym_backward_eval_f32_ctx *a, b
                 int64_t g;
                 double *bn_p0 = p->psum + 0 * L + t;
                 double *bn_p1 = p->psum + 1 * L + t;
-                bnsym_backward_eval_f32_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -728,7 +714,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_backward_eval_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -787,7 +772,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (4 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
-        bnsym_backward_eval_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += 4) {
             const int64_t gn = (nq - q0 < 4) ? nq - q0 : 4;
             int64_t g;
@@ -847,7 +831,6 @@ static void bnsym_backward_eval_f32_pass_t(const bnsym_backward_eval_f32_ctx *a,
                 int64_t g;
                 float *bn_p0 = p->psumt + 0 * L + t;
                 float *bn_p1 = p->psumt + 1 * L + t;
-                bnsym_backward_eval_f32_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -1584,7 +1567,7 @@ static void bnsym_backward_eval_f32_ncs_part(const bnsym_backward_eval_f32_ncs_j
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
     int64_t u;
     if (need_red)
-        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC);
+        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(float);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -1795,7 +1778,7 @@ static void bnsym_backward_eval_f32_rows_part(const bnsym_backward_eval_f32_rows
         bnsym_backward_eval_f32_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C);
+        bnsym_backward_eval_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         bnsym_backward_eval_f32_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
@@ -1914,7 +1897,7 @@ static int bnsym_backward_eval_f32_run_small(bnsym_backward_eval_f32_ctx *a, int
     if (need_red) {
         bnsym_backward_eval_f32_state st;
         bnsym_backward_eval_f32_scratch sc;
-        bnsym_backward_eval_f32_work_init(&st, &sc, buf, C, L, C);
+        bnsym_backward_eval_f32_work_init(&st, &sc, buf, C, L, C, 0);
         sc.all_strips = 1;
         bnsym_backward_eval_f32_reduction_inputs(a);
         bnsym_backward_eval_f32_set_rin(a, &sc, 0, 0, C, R);
@@ -2134,8 +2117,6 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
-    int64_t psum_n; /* values of psum */
-    int psum_clear; /* psum hold zeros (bnsym_backward_eval_f64_psum_ready) */
     int all_strips; /* every block is summed strip by strip (bnsym_backward_eval_f64_run_small) */
     int64_t rin_c0; /* the first channel of the reduction inputs set (set_rin) */
 } bnsym_backward_eval_f64_scratch;
@@ -2152,7 +2133,7 @@ static size_t bnsym_backward_eval_f64_work_size(int64_t C, int64_t L, int64_t LC
  * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
  * arrays. */
 static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st, bnsym_backward_eval_f64_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     double *chan;
@@ -2168,22 +2149,12 @@ static void bnsym_backward_eval_f64_work_init(bnsym_backward_eval_f64_state *st,
     sc->shift = st->k + 0 * C;
     sc->bacc = sc->shift + 0 * LC;
     sc->all_strips = 0;
-    sc->psum_n = 2 * L;
-    sc->psum_clear = 0; /* zeroed by the first pass that uses them, if any */
     for (j = 0; j < (1 + 3 * 0 + 2) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
-}
-
-/* Zero the partial sums of wide rows before their first use in a call (the passes that use them
- * leave them zeroed; most calls never do, and skip zeroing them). */
-static inline void bnsym_backward_eval_f64_psum_ready(bnsym_backward_eval_f64_scratch *sc)
-{
-    int64_t j;
-    if (sc->psum_clear)
-        return;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psum[j] = 0.0;
-    sc->psum_clear = 1;
+    if (zero_scratch) {
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
+    }
 }
 
 /* Per-channel inputs of the reductions (known before them), channels 0 .. C-1. */
@@ -2233,7 +2204,6 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_backward_eval_f64_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -2341,7 +2311,6 @@ static void bnsym_backward_eval_f64_pass(const bnsym_backward_eval_f64_ctx *a, b
                 int64_t g;
                 double *bn_p0 = p->psum + 0 * L + t;
                 double *bn_p1 = p->psum + 1 * L + t;
-                bnsym_backward_eval_f64_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -2902,7 +2871,7 @@ static void bnsym_backward_eval_f64_ncs_part(const bnsym_backward_eval_f64_ncs_j
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
     int64_t u;
     if (need_red)
-        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC);
+        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(double);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -3109,7 +3078,7 @@ static void bnsym_backward_eval_f64_rows_part(const bnsym_backward_eval_f64_rows
         bnsym_backward_eval_f64_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C);
+        bnsym_backward_eval_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         bnsym_backward_eval_f64_set_rin(a, &sc[tid], L, 0, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
@@ -3222,7 +3191,7 @@ static int bnsym_backward_eval_f64_run_small(bnsym_backward_eval_f64_ctx *a, int
     if (need_red) {
         bnsym_backward_eval_f64_state st;
         bnsym_backward_eval_f64_scratch sc;
-        bnsym_backward_eval_f64_work_init(&st, &sc, buf, C, L, C);
+        bnsym_backward_eval_f64_work_init(&st, &sc, buf, C, L, C, 0);
         sc.all_strips = 1;
         bnsym_backward_eval_f64_reduction_inputs(a);
         bnsym_backward_eval_f64_set_rin(a, &sc, 0, 0, C, R);

@@ -444,8 +444,6 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
-    int64_t psum_n; /* values of psum (and of psumt) */
-    int psum_clear; /* psum and psumt hold zeros (bnsym_forward_train_f32_psum_ready) */
     int all_strips; /* every block is summed strip by strip (bnsym_forward_train_f32_run_small) */
     double *bsave; /* [2][LC] a block's float-pass sums, while channels are redone */
     double *tbad;  /* [LC] channels whose float-pass sums are redone in double */
@@ -465,7 +463,7 @@ static size_t bnsym_forward_train_f32_work_size(int64_t C, int64_t L, int64_t LC
  * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
  * arrays. */
 static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st, bnsym_forward_train_f32_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     double *chan;
@@ -485,24 +483,14 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     sc->bsave = sc->bacc + 2 * LC;
     sc->tbad = sc->bsave + 2 * LC;
     sc->all_strips = 0;
-    sc->psum_n = 2 * L;
-    sc->psum_clear = 0; /* zeroed by the first pass that uses them, if any */
     for (j = 0; j < (1 + 3 * 1 + 0) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
-}
-
-/* Zero the partial sums of wide rows before their first use in a call (the passes that use them
- * leave them zeroed; most calls never do, and skip zeroing them). */
-static inline void bnsym_forward_train_f32_psum_ready(bnsym_forward_train_f32_scratch *sc)
-{
-    int64_t j;
-    if (sc->psum_clear)
-        return;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psum[j] = 0.0;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psumt[j] = 0;
-    sc->psum_clear = 1;
+    if (zero_scratch) {
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
+        for (j = 0; j < 2 * L; ++j)
+            sc->psumt[j] = 0;
+    }
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -602,7 +590,6 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_forward_train_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -703,7 +690,6 @@ static void bnsym_forward_train_f32_pass(const bnsym_forward_train_f32_ctx *a, b
                 int64_t g;
                 double *bn_p0 = p->psum + 0 * L + t;
                 double *bn_p1 = p->psum + 1 * L + t;
-                bnsym_forward_train_f32_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -749,7 +735,6 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_forward_train_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -805,7 +790,6 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
         /* super-rows of several tiles (rows), sums in L1: row by row into the lanes' float
          * partial sums (8 rows at most: the same float operations as a tile's
          * registers), then into the double accumulators */
-        bnsym_forward_train_f32_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += 8) {
             const int64_t gn = (nq - q0 < 8) ? nq - q0 : 8;
             int64_t g;
@@ -861,7 +845,6 @@ static void bnsym_forward_train_f32_pass_t(const bnsym_forward_train_f32_ctx *a,
                 int64_t g;
                 float *bn_p0 = p->psumt + 0 * L + t;
                 float *bn_p1 = p->psumt + 1 * L + t;
-                bnsym_forward_train_f32_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -1707,7 +1690,7 @@ static void bnsym_forward_train_f32_ncs_part(const bnsym_forward_train_f32_ncs_j
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
     int64_t u;
     if (need_red)
-        bnsym_forward_train_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC);
+        bnsym_forward_train_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(float);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -1915,7 +1898,7 @@ static void bnsym_forward_train_f32_rows_part(const bnsym_forward_train_f32_rows
         bnsym_forward_train_f32_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        bnsym_forward_train_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C);
+        bnsym_forward_train_f32_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
             bnsym_forward_train_f32_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
@@ -2032,7 +2015,7 @@ static int bnsym_forward_train_f32_run_small(bnsym_forward_train_f32_ctx *a, int
     if (need_red) {
         bnsym_forward_train_f32_state st;
         bnsym_forward_train_f32_scratch sc;
-        bnsym_forward_train_f32_work_init(&st, &sc, buf, C, L, C);
+        bnsym_forward_train_f32_work_init(&st, &sc, buf, C, L, C, 0);
         sc.all_strips = 1;
         bnsym_forward_train_f32_reduce_block(a, &st, 0, &sc, 0, nseg, L, L, L, C, R);
         bnsym_forward_train_f32_state_finish(a, &st, 0, C);
@@ -2275,8 +2258,6 @@ typedef struct {
     double *acc;   /* [2][L] lane accumulators */
     double *lane;  /* [1][L] lane inputs: reduction inputs, shifts */
     double *psum;  /* [2][L] partial sums of wide rows */
-    int64_t psum_n; /* values of psum */
-    int psum_clear; /* psum hold zeros (bnsym_forward_train_f64_psum_ready) */
     int all_strips; /* every block is summed strip by strip (bnsym_forward_train_f64_run_small) */
 } bnsym_forward_train_f64_scratch;
 
@@ -2292,7 +2273,7 @@ static size_t bnsym_forward_train_f64_work_size(int64_t C, int64_t L, int64_t LC
  * cache-line aligned buf (a multiple of 8 lanes) they start on cache lines, then the per-channel
  * arrays. */
 static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st, bnsym_forward_train_f64_scratch *sc, double *buf, int64_t C, int64_t L,
-    int64_t LC)
+    int64_t LC, int zero_scratch)
 {
     int64_t j;
     double *chan;
@@ -2308,22 +2289,12 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     sc->shift = st->k + 1 * C;
     sc->bacc = sc->shift + 1 * LC;
     sc->all_strips = 0;
-    sc->psum_n = 2 * L;
-    sc->psum_clear = 0; /* zeroed by the first pass that uses them, if any */
     for (j = 0; j < (1 + 3 * 1 + 0) * C; ++j) /* k too: a merge reads it */
         st->cnt[j] = 0.0;
-}
-
-/* Zero the partial sums of wide rows before their first use in a call (the passes that use them
- * leave them zeroed; most calls never do, and skip zeroing them). */
-static inline void bnsym_forward_train_f64_psum_ready(bnsym_forward_train_f64_scratch *sc)
-{
-    int64_t j;
-    if (sc->psum_clear)
-        return;
-    for (j = 0; j < sc->psum_n; ++j)
-        sc->psum[j] = 0.0;
-    sc->psum_clear = 1;
+    if (zero_scratch) {
+        for (j = 0; j < 2 * L; ++j)
+            sc->psum[j] = 0.0;
+    }
 }
 
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
@@ -2421,7 +2392,6 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
     if (L % BNSYM_LANES != 0) {
         /* lanes that are not whole tiles: BNSYM_WIDE_ROWS rows at a time over all L lanes,
          * partial sums in L1 */
-        bnsym_forward_train_f64_psum_ready(p);
         for (q0 = 0; q0 < nq; q0 += BNSYM_GROUP) {
             const int64_t gn = (nq - q0 < BNSYM_GROUP) ? nq - q0 : BNSYM_GROUP;
             int64_t g, h;
@@ -2522,7 +2492,6 @@ static void bnsym_forward_train_f64_pass(const bnsym_forward_train_f64_ctx *a, b
                 int64_t g;
                 double *bn_p0 = p->psum + 0 * L + t;
                 double *bn_p1 = p->psum + 1 * L + t;
-                bnsym_forward_train_f64_psum_ready(p);
                 for (g = 0; g < gn; ++g) {
                     BNSYM_SIMD
                     for (j = 0; j < BNSYM_LANES; ++j) {
@@ -3311,7 +3280,7 @@ static void bnsym_forward_train_f64_ncs_part(const bnsym_forward_train_f64_ncs_j
     const int64_t u0 = units * tid / nthr, u1 = units * (tid + 1) / nthr;
     int64_t u;
     if (need_red)
-        bnsym_forward_train_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC);
+        bnsym_forward_train_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, p->LC, 1);
     if (cmaj) {
         const int64_t per = N * S * (int64_t)sizeof(double);
         const int64_t cb = (BNSYM_CHANNEL_BLOCK_BYTES / per > 1) ? BNSYM_CHANNEL_BLOCK_BYTES / per : 1;
@@ -3519,7 +3488,7 @@ static void bnsym_forward_train_f64_rows_part(const bnsym_forward_train_f64_rows
         bnsym_forward_train_f64_scratch *sc = p->sc;
         const int64_t L = p->L, RB = p->RB;
         int64_t r;
-        bnsym_forward_train_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C);
+        bnsym_forward_train_f64_work_init(&st[tid], &sc[tid], p->wbuf + (size_t)tid * p->wsz, C, L, C, 1);
         for (r = r0; r < r1; r += RB) {
             const int64_t rows = (r1 - r < RB) ? r1 - r : RB;
             bnsym_forward_train_f64_reduce_block(a, &st[tid], 0, &sc[tid], r * C, 1, 0, rows * C, L, C, 1);
@@ -3630,7 +3599,7 @@ static int bnsym_forward_train_f64_run_small(bnsym_forward_train_f64_ctx *a, int
     if (need_red) {
         bnsym_forward_train_f64_state st;
         bnsym_forward_train_f64_scratch sc;
-        bnsym_forward_train_f64_work_init(&st, &sc, buf, C, L, C);
+        bnsym_forward_train_f64_work_init(&st, &sc, buf, C, L, C, 0);
         sc.all_strips = 1;
         bnsym_forward_train_f64_reduce_block(a, &st, 0, &sc, 0, nseg, L, L, L, C, R);
         bnsym_forward_train_f64_state_finish(a, &st, 0, C);
