@@ -526,8 +526,35 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
             a->grad_bias[c] = (float)(sum_dy);
         a->coef[0 * a->C + c] = (float)(0);
         a->coef[1 * a->C + c] = (float)(dx_k_dy);
-        a->coefd[0 * a->C + c] = dx_k_dy;
         a->wflag[c] = ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct0 > 1.2676506002282294e+30) || (ct0 < 7.8886090522101181e-31))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double running_var_v = (double)a->running_var[c];
+        const double sum_dy_xmu = a->red[0 * a->C + c];
+        const double sum_dy = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double dx_k_dy = gamma_v*invstd;
+        const double ct0 = fabs(dx_k_dy);
+        a->coefd[0 * a->C + c] = dx_k_dy;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)running_var_v; (void)sum_dy_xmu; (void)sum_dy; (void)eps; (void)invstd; (void)dx_k_dy; (void)ct0;
+        }
     }
 }
 

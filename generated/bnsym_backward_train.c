@@ -538,12 +538,48 @@ static void bnsym_backward_train_f32_channels(const bnsym_backward_train_f32_ctx
         a->coef[1 * a->C + c] = (float)(ct2);
         a->coef[2 * a->C + c] = (float)(mean);
         a->coef[3 * a->C + c] = (float)(dx_k_dy);
+        a->wflag[c] = (((isfinite(ct2)) && (ct2 != 0) && ((ct6 > 1.2676506002282294e+30) || (ct6 < 7.8886090522101181e-31))) || ((isfinite(ct3)) && (ct3 != 0) && ((ct7 > 1.2676506002282294e+30) || (ct7 < 7.8886090522101181e-31))) || ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double mean = (double)a->save_mean[c];
+        const double invstd = (double)a->save_invstd[c];
+        const double sum_dy = a->red[0 * a->C + c];
+        const double sum_dy_xhat = a->red[1 * a->C + c];
+        const double m = a->m;
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = ct0/m;
+        const double ct5 = fabs(mean);
+        const double dx_k_dy = ct0;
+        const double ct4 = fabs(dx_k_dy);
+        const double dx_k_xhat = -sum_dy_xhat*ct1;
+        const double ct2 = dx_k_xhat*invstd;
+        const double ct6 = fabs(dx_k_xhat)*invstd;
+        const double dx_k0 = -sum_dy*ct1;
+        const double ct3 = -ct2*(mean - (double)(float)(mean)) + dx_k0;
+        const double ct7 = fabs(ct3);
         a->coefd[0 * a->C + c] = dx_k0;
         a->coefd[1 * a->C + c] = dx_k_dy;
         a->coefd[2 * a->C + c] = dx_k_xhat;
         a->coefd[3 * a->C + c] = invstd;
         a->coefd[4 * a->C + c] = mean;
-        a->wflag[c] = (((isfinite(ct2)) && (ct2 != 0) && ((ct6 > 1.2676506002282294e+30) || (ct6 < 7.8886090522101181e-31))) || ((isfinite(ct3)) && (ct3 != 0) && ((ct7 > 1.2676506002282294e+30) || (ct7 < 7.8886090522101181e-31))) || ((isfinite(dx_k_dy)) && (dx_k_dy != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)mean; (void)invstd; (void)sum_dy; (void)sum_dy_xhat; (void)m; (void)ct0; (void)ct1; (void)ct5; (void)dx_k_dy; (void)ct4; (void)dx_k_xhat; (void)ct2; (void)ct6; (void)dx_k0; (void)ct3; (void)ct7;
+        }
     }
 }
 
@@ -2337,12 +2373,44 @@ static void bnsym_backward_train_f64_channels(const bnsym_backward_train_f64_ctx
         a->coef[1 * a->C + c] = (double)(dx_k0);
         a->coef[2 * a->C + c] = (double)(dx_k_dy);
         a->coef[3 * a->C + c] = (double)(mean);
+        a->wflag[c] = ((isfinite(dx_k_xhat)) && (isfinite(invstd)) && (dx_k_xhat != 0) && ((ct3 > 1.0715086071862673e+301) || (ct3 < 9.3326361850321888e-302) || (ct2 == 0) || (!isfinite(ct2)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double mean = (double)a->save_mean[c];
+        const double invstd = (double)a->save_invstd[c];
+        const double sum_dy = a->red[0 * a->C + c];
+        const double sum_dy_xhat = a->red[1 * a->C + c];
+        const double m = a->m;
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = ct0/m;
+        const double dx_k_dy = ct0;
+        const double dx_k_xhat = -sum_dy_xhat*ct1;
+        const double ct2 = dx_k_xhat*invstd;
+        const double ct3 = fabs(dx_k_xhat)*invstd;
+        const double dx_k0 = -sum_dy*ct1;
         a->coefd[0 * a->C + c] = dx_k0;
         a->coefd[1 * a->C + c] = dx_k_dy;
         a->coefd[2 * a->C + c] = dx_k_xhat;
         a->coefd[3 * a->C + c] = invstd;
         a->coefd[4 * a->C + c] = mean;
-        a->wflag[c] = ((isfinite(dx_k_xhat)) && (isfinite(invstd)) && (dx_k_xhat != 0) && ((ct3 > 1.0715086071862673e+301) || (ct3 < 9.3326361850321888e-302) || (ct2 == 0) || (!isfinite(ct2)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)mean; (void)invstd; (void)sum_dy; (void)sum_dy_xhat; (void)m; (void)ct0; (void)ct1; (void)dx_k_dy; (void)dx_k_xhat; (void)ct2; (void)ct3; (void)dx_k0;
+        }
     }
 }
 

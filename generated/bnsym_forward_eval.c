@@ -360,11 +360,41 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a,
         a->coef[0 * a->C + c] = (float)(running_mean_v);
         a->coef[1 * a->C + c] = (float)(ct1);
         a->coef[2 * a->C + c] = (float)(ct0);
+        a->wflag[c] = (((isfinite(ct0)) && (ct0 != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31))) || ((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(running_mean_v)) && (running_mean_v != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (double)a->running_mean[c];
+        const double running_var_v = (double)a->running_var[c];
+        const double eps = a->eps;
+        const double ct2 = fabs(running_mean_v);
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = beta - ct0*(running_mean_v - (double)(float)(running_mean_v));
+        const double ct3 = invstd*fabs(gamma_v);
+        const double ct4 = fabs(ct1);
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = gamma_v;
         a->coefd[2 * a->C + c] = invstd;
         a->coefd[3 * a->C + c] = running_mean_v;
-        a->wflag[c] = (((isfinite(ct0)) && (ct0 != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31))) || ((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(running_mean_v)) && (running_mean_v != 0) && ((ct2 > 1.2676506002282294e+30) || (ct2 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)eps; (void)ct2; (void)invstd; (void)ct0; (void)ct1; (void)ct3; (void)ct4;
+        }
     }
 }
 
@@ -1112,11 +1142,38 @@ static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a,
         a->coef[0 * a->C + c] = (double)(beta);
         a->coef[1 * a->C + c] = (double)(ct0);
         a->coef[2 * a->C + c] = (double)(running_mean_v);
+        a->wflag[c] = ((isfinite(gamma_v)) && (isfinite(invstd)) && (gamma_v != 0) && ((ct1 > 1.0715086071862673e+301) || (ct1 < 9.3326361850321888e-302) || (ct0 == 0) || (!isfinite(ct0)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (double)a->running_mean[c];
+        const double running_var_v = (double)a->running_var[c];
+        const double eps = a->eps;
+        const double invstd = 1.0/sqrt(eps + running_var_v);
+        const double ct0 = gamma_v*invstd;
+        const double ct1 = invstd*fabs(gamma_v);
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = gamma_v;
         a->coefd[2 * a->C + c] = invstd;
         a->coefd[3 * a->C + c] = running_mean_v;
-        a->wflag[c] = ((isfinite(gamma_v)) && (isfinite(invstd)) && (gamma_v != 0) && ((ct1 > 1.0715086071862673e+301) || (ct1 < 9.3326361850321888e-302) || (ct0 == 0) || (!isfinite(ct0)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)eps; (void)invstd; (void)ct0; (void)ct1;
+        }
     }
 }
 

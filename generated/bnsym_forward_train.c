@@ -525,11 +525,46 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         a->coef[0 * a->C + c] = (float)(mean);
         a->coef[1 * a->C + c] = (float)(ct2);
         a->coef[2 * a->C + c] = (float)(ct1);
+        a->wflag[c] = (((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(ct2)) && (ct2 != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
+        const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
+        const double mean = a->red[0 * a->C + c];
+        const double var = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double momentum = a->momentum;
+        const double m = a->m;
+        const double ct0 = 1 - momentum;
+        const double ct3 = fabs(mean);
+        const double invstd = 1.0/sqrt(eps + var);
+        const double ct1 = gamma_v*invstd;
+        const double ct2 = beta - (mean - (double)(float)(mean))*ct1;
+        const double ct4 = fabs(gamma_v)*invstd;
+        const double ct5 = fabs(ct2);
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = gamma_v;
         a->coefd[2 * a->C + c] = invstd;
         a->coefd[3 * a->C + c] = mean;
-        a->wflag[c] = (((isfinite(ct1)) && (ct1 != 0) && ((ct4 > 1.2676506002282294e+30) || (ct4 < 7.8886090522101181e-31))) || ((isfinite(ct2)) && (ct2 != 0) && ((ct5 > 1.2676506002282294e+30) || (ct5 < 7.8886090522101181e-31))) || ((isfinite(mean)) && (mean != 0) && ((ct3 > 1.2676506002282294e+30) || (ct3 < 7.8886090522101181e-31)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)mean; (void)var; (void)eps; (void)momentum; (void)m; (void)ct0; (void)ct3; (void)invstd; (void)ct1; (void)ct2; (void)ct4; (void)ct5;
+        }
     }
 }
 
@@ -2326,11 +2361,43 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
         a->coef[0 * a->C + c] = (double)(beta);
         a->coef[1 * a->C + c] = (double)(ct1);
         a->coef[2 * a->C + c] = (double)(mean);
+        a->wflag[c] = ((isfinite(gamma_v)) && (isfinite(invstd)) && (gamma_v != 0) && ((ct2 > 1.0715086071862673e+301) || (ct2 < 9.3326361850321888e-302) || (ct1 == 0) || (!isfinite(ct1)))) ? 1.0 : 0.0;
+    }
+    /* the double coefficients, read only for the channels whose flag is set (rare): the same
+     * definitions again for those channels alone, so that the vector loop above stores none */
+    {
+        const double *bn_flag = a->wflag;
+        int any = 0;
+        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
+        for (c = c0; c < c1; ++c)
+            any |= bn_flag[c] != 0.0;
+        if (!any)
+            return;
+    }
+    for (c = c0; c < c1; ++c) {
+        if (a->wflag[c] == 0.0)
+            continue;
+        {
+        const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
+        const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
+        const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
+        const double running_var_v = (a->running_var != NULL) ? (double)a->running_var[c] : 0.0;
+        const double mean = a->red[0 * a->C + c];
+        const double var = a->red[1 * a->C + c];
+        const double eps = a->eps;
+        const double momentum = a->momentum;
+        const double m = a->m;
+        const double ct0 = 1 - momentum;
+        const double invstd = 1.0/sqrt(eps + var);
+        const double ct1 = gamma_v*invstd;
+        const double ct2 = fabs(gamma_v)*invstd;
         a->coefd[0 * a->C + c] = beta;
         a->coefd[1 * a->C + c] = gamma_v;
         a->coefd[2 * a->C + c] = invstd;
         a->coefd[3 * a->C + c] = mean;
-        a->wflag[c] = ((isfinite(gamma_v)) && (isfinite(invstd)) && (gamma_v != 0) && ((ct2 > 1.0715086071862673e+301) || (ct2 < 9.3326361850321888e-302) || (ct1 == 0) || (!isfinite(ct1)))) ? 1.0 : 0.0;
+        /* (the definitions these coefficients do not use) */
+        (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)mean; (void)var; (void)eps; (void)momentum; (void)m; (void)ct0; (void)invstd; (void)ct1; (void)ct2;
+        }
     }
 }
 
