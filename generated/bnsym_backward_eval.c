@@ -505,6 +505,17 @@ static void bnsym_backward_eval_f32_reduction_inputs(const bnsym_backward_eval_f
     }
 }
 
+/* Whether a channel of c0 .. c1-1 is flagged (its element pass needs the double coefficients). */
+static int bnsym_backward_eval_f32_any_wide(const double *flag, int64_t c0, int64_t c1)
+{
+    int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
+    for (c = c0; c < c1; ++c)
+        wide |= flag[c] != 0.0;
+    return wide;
+}
+
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
 static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *a, int64_t c0, int64_t c1)
@@ -530,19 +541,11 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
     }
     /* the double coefficients, read only for the channels whose flag is set (rare): the same
      * definitions again for those channels alone, so that the vector loop above stores none */
-    {
-        const double *bn_flag = a->wflag;
-        int any = 0;
-        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
-        for (c = c0; c < c1; ++c)
-            any |= bn_flag[c] != 0.0;
-        if (!any)
-            return;
-    }
+    if (!bnsym_backward_eval_f32_any_wide(a->wflag, c0, c1))
+        return;
     for (c = c0; c < c1; ++c) {
         if (a->wflag[c] == 0.0)
             continue;
-        {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double running_var_v = (double)a->running_var[c];
         const double sum_dy_xmu = a->red[0 * a->C + c];
@@ -554,20 +557,13 @@ static void bnsym_backward_eval_f32_channels(const bnsym_backward_eval_f32_ctx *
         a->coefd[0 * a->C + c] = dx_k_dy;
         /* (the definitions these coefficients do not use) */
         (void)gamma_v; (void)running_var_v; (void)sum_dy_xmu; (void)sum_dy; (void)eps; (void)invstd; (void)dx_k_dy; (void)ct0;
-        }
     }
 }
 
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_backward_eval_f32_needs_wide(const bnsym_backward_eval_f32_ctx *a)
 {
-    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
-    int64_t c;
-    int wide = 0;
-    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
-    for (c = 0; c < a->C; ++c)
-        wide |= bn_flag[c] != 0.0;
-    return wide;
+    return bnsym_backward_eval_f32_any_wide(a->wflag, 0, a->C);
 }
 
 /* The reduction pass: nq super-rows of L lanes, qstride apart, from base,
@@ -1187,14 +1183,13 @@ static void bnsym_backward_eval_f32_state_finish(const bnsym_backward_eval_f32_c
 {
     const int64_t C = a->C;
     double *bn_red = a->red;
-    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
+    const double *bn_sum = st->sum;
     int64_t c;
     BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
         bn_red[0 * C + c] = bn_sum[0 * C + c];
         bn_red[1 * C + c] = bn_sum[1 * C + c];
     }
-    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
@@ -2569,14 +2564,13 @@ static void bnsym_backward_eval_f64_state_finish(const bnsym_backward_eval_f64_c
 {
     const int64_t C = a->C;
     double *bn_red = a->red;
-    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
+    const double *bn_sum = st->sum;
     int64_t c;
     BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
         bn_red[0 * C + c] = bn_sum[0 * C + c];
         bn_red[1 * C + c] = bn_sum[1 * C + c];
     }
-    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the

@@ -339,6 +339,17 @@ typedef struct {
     double *wflag; /* per channel: a float coefficient is out of range, [C] */
 } bnsym_forward_eval_f32_ctx;
 
+/* Whether a channel of c0 .. c1-1 is flagged (its element pass needs the double coefficients). */
+static int bnsym_forward_eval_f32_any_wide(const double *flag, int64_t c0, int64_t c1)
+{
+    int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
+    for (c = c0; c < c1; ++c)
+        wide |= flag[c] != 0.0;
+    return wide;
+}
+
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
 static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a, int64_t c0, int64_t c1)
@@ -364,19 +375,11 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a,
     }
     /* the double coefficients, read only for the channels whose flag is set (rare): the same
      * definitions again for those channels alone, so that the vector loop above stores none */
-    {
-        const double *bn_flag = a->wflag;
-        int any = 0;
-        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
-        for (c = c0; c < c1; ++c)
-            any |= bn_flag[c] != 0.0;
-        if (!any)
-            return;
-    }
+    if (!bnsym_forward_eval_f32_any_wide(a->wflag, c0, c1))
+        return;
     for (c = c0; c < c1; ++c) {
         if (a->wflag[c] == 0.0)
             continue;
-        {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (double)a->running_mean[c];
@@ -394,20 +397,13 @@ static void bnsym_forward_eval_f32_channels(const bnsym_forward_eval_f32_ctx *a,
         a->coefd[3 * a->C + c] = running_mean_v;
         /* (the definitions these coefficients do not use) */
         (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)eps; (void)ct2; (void)invstd; (void)ct0; (void)ct1; (void)ct3; (void)ct4;
-        }
     }
 }
 
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_forward_eval_f32_needs_wide(const bnsym_forward_eval_f32_ctx *a)
 {
-    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
-    int64_t c;
-    int wide = 0;
-    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
-    for (c = 0; c < a->C; ++c)
-        wide |= bn_flag[c] != 0.0;
-    return wide;
+    return bnsym_forward_eval_f32_any_wide(a->wflag, 0, a->C);
 }
 
 /* Whether this call's element pass streams its outputs (BNSYM_STREAM_BYTES): if so, sets
@@ -1124,6 +1120,17 @@ typedef struct {
     double *wflag; /* per channel: a folded coefficient is out of range, [C] */
 } bnsym_forward_eval_f64_ctx;
 
+/* Whether a channel of c0 .. c1-1 is flagged (its element pass needs the double coefficients). */
+static int bnsym_forward_eval_f64_any_wide(const double *flag, int64_t c0, int64_t c1)
+{
+    int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
+    for (c = c0; c < c1; ++c)
+        wide |= flag[c] != 0.0;
+    return wide;
+}
+
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
 static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a, int64_t c0, int64_t c1)
@@ -1146,19 +1153,11 @@ static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a,
     }
     /* the double coefficients, read only for the channels whose flag is set (rare): the same
      * definitions again for those channels alone, so that the vector loop above stores none */
-    {
-        const double *bn_flag = a->wflag;
-        int any = 0;
-        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
-        for (c = c0; c < c1; ++c)
-            any |= bn_flag[c] != 0.0;
-        if (!any)
-            return;
-    }
+    if (!bnsym_forward_eval_f64_any_wide(a->wflag, c0, c1))
+        return;
     for (c = c0; c < c1; ++c) {
         if (a->wflag[c] == 0.0)
             continue;
-        {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (double)a->running_mean[c];
@@ -1173,7 +1172,6 @@ static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a,
         a->coefd[3 * a->C + c] = running_mean_v;
         /* (the definitions these coefficients do not use) */
         (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)eps; (void)invstd; (void)ct0; (void)ct1;
-        }
     }
 }
 
@@ -1181,13 +1179,7 @@ static void bnsym_forward_eval_f64_channels(const bnsym_forward_eval_f64_ctx *a,
  * the element pass then takes the plan's form for that channel. */
 static int bnsym_forward_eval_f64_needs_wide(const bnsym_forward_eval_f64_ctx *a)
 {
-    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
-    int64_t c;
-    int wide = 0;
-    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
-    for (c = 0; c < a->C; ++c)
-        wide |= bn_flag[c] != 0.0;
-    return wide;
+    return bnsym_forward_eval_f64_any_wide(a->wflag, 0, a->C);
 }
 
 /* Whether this call's element pass streams its outputs (BNSYM_STREAM_BYTES): if so, sets

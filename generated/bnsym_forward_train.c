@@ -493,6 +493,17 @@ static void bnsym_forward_train_f32_work_init(bnsym_forward_train_f32_state *st,
     }
 }
 
+/* Whether a channel of c0 .. c1-1 is flagged (its element pass needs the double coefficients). */
+static int bnsym_forward_train_f32_any_wide(const double *flag, int64_t c0, int64_t c1)
+{
+    int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
+    for (c = c0; c < c1; ++c)
+        wide |= flag[c] != 0.0;
+    return wide;
+}
+
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
 static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *a, int64_t c0, int64_t c1)
@@ -529,19 +540,11 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
     }
     /* the double coefficients, read only for the channels whose flag is set (rare): the same
      * definitions again for those channels alone, so that the vector loop above stores none */
-    {
-        const double *bn_flag = a->wflag;
-        int any = 0;
-        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
-        for (c = c0; c < c1; ++c)
-            any |= bn_flag[c] != 0.0;
-        if (!any)
-            return;
-    }
+    if (!bnsym_forward_train_f32_any_wide(a->wflag, c0, c1))
+        return;
     for (c = c0; c < c1; ++c) {
         if (a->wflag[c] == 0.0)
             continue;
-        {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
@@ -564,20 +567,13 @@ static void bnsym_forward_train_f32_channels(const bnsym_forward_train_f32_ctx *
         a->coefd[3 * a->C + c] = mean;
         /* (the definitions these coefficients do not use) */
         (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)mean; (void)var; (void)eps; (void)momentum; (void)m; (void)ct0; (void)ct3; (void)invstd; (void)ct1; (void)ct2; (void)ct4; (void)ct5;
-        }
     }
 }
 
 /* Whether this call's element pass must run in double (some coefficient out of float range). */
 static int bnsym_forward_train_f32_needs_wide(const bnsym_forward_train_f32_ctx *a)
 {
-    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
-    int64_t c;
-    int wide = 0;
-    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
-    for (c = 0; c < a->C; ++c)
-        wide |= bn_flag[c] != 0.0;
-    return wide;
+    return bnsym_forward_train_f32_any_wide(a->wflag, 0, a->C);
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -1256,14 +1252,13 @@ static void bnsym_forward_train_f32_state_finish(const bnsym_forward_train_f32_c
 {
     const int64_t C = a->C;
     double *bn_red = a->red;
-    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2;
     int64_t c;
     BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
         bn_red[0 * C + c] = bnsym_stat_total(bn_k[0 * C + c], bn_off[0 * C + c]);
         bn_red[1 * C + c] = bnsym_stat_var(bn_m2[0 * C + c], bn_cnt[c]);
     }
-    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
@@ -2332,6 +2327,17 @@ static void bnsym_forward_train_f64_work_init(bnsym_forward_train_f64_state *st,
     }
 }
 
+/* Whether a channel of c0 .. c1-1 is flagged (its element pass needs the double coefficients). */
+static int bnsym_forward_train_f64_any_wide(const double *flag, int64_t c0, int64_t c1)
+{
+    int64_t c;
+    int wide = 0;
+    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
+    for (c = c0; c < c1; ++c)
+        wide |= flag[c] != 0.0;
+    return wide;
+}
+
 /* Per-channel phase (double), channels c0 .. c1-1 (vectorized over channels): definitions,
  * channel stores, element-pass coefficients. */
 static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *a, int64_t c0, int64_t c1)
@@ -2365,19 +2371,11 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
     }
     /* the double coefficients, read only for the channels whose flag is set (rare): the same
      * definitions again for those channels alone, so that the vector loop above stores none */
-    {
-        const double *bn_flag = a->wflag;
-        int any = 0;
-        BNSYM_SIMD_PRAGMA(omp simd reduction(|:any))
-        for (c = c0; c < c1; ++c)
-            any |= bn_flag[c] != 0.0;
-        if (!any)
-            return;
-    }
+    if (!bnsym_forward_train_f64_any_wide(a->wflag, c0, c1))
+        return;
     for (c = c0; c < c1; ++c) {
         if (a->wflag[c] == 0.0)
             continue;
-        {
         const double gamma_v = (a->weight != NULL) ? (double)a->weight[c] : 1.0;
         const double beta = (a->bias != NULL) ? (double)a->bias[c] : 0.0;
         const double running_mean_v = (a->running_mean != NULL) ? (double)a->running_mean[c] : 0.0;
@@ -2397,7 +2395,6 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
         a->coefd[3 * a->C + c] = mean;
         /* (the definitions these coefficients do not use) */
         (void)gamma_v; (void)beta; (void)running_mean_v; (void)running_var_v; (void)mean; (void)var; (void)eps; (void)momentum; (void)m; (void)ct0; (void)invstd; (void)ct1; (void)ct2;
-        }
     }
 }
 
@@ -2405,13 +2402,7 @@ static void bnsym_forward_train_f64_channels(const bnsym_forward_train_f64_ctx *
  * the element pass then takes the plan's form for that channel. */
 static int bnsym_forward_train_f64_needs_wide(const bnsym_forward_train_f64_ctx *a)
 {
-    const double *bn_flag = a->wflag; /* (a pointer of its own: a vector loop, not a gather) */
-    int64_t c;
-    int wide = 0;
-    BNSYM_SIMD_PRAGMA(omp simd reduction(|:wide))
-    for (c = 0; c < a->C; ++c)
-        wide |= bn_flag[c] != 0.0;
-    return wide;
+    return bnsym_forward_train_f64_any_wide(a->wflag, 0, a->C);
 }
 
 /* Finite-guarded stores, after every channel: skipped for all channels if asked and any
@@ -2880,14 +2871,13 @@ static void bnsym_forward_train_f64_state_finish(const bnsym_forward_train_f64_c
 {
     const int64_t C = a->C;
     double *bn_red = a->red;
-    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2, *bn_sum = st->sum;
+    const double *bn_cnt = st->cnt, *bn_k = st->k, *bn_off = st->off, *bn_m2 = st->m2;
     int64_t c;
     BNSYM_SIMD
     for (c = c0; c < c1; ++c) {
         bn_red[0 * C + c] = bnsym_stat_total(bn_k[0 * C + c], bn_off[0 * C + c]);
         bn_red[1 * C + c] = bnsym_stat_var(bn_m2[0 * C + c], bn_cnt[c]);
     }
-    (void)bn_cnt, (void)bn_k, (void)bn_off, (void)bn_m2, (void)bn_sum;
 }
 
 /* After nthr threads' reductions into st[0 .. nthr-1] and a barrier: thread tid's share of the
