@@ -64,6 +64,16 @@ class BnCPrinter(C99CodePrinter):
     def _print_Or(self, expr):
         return " || ".join(f"({self._print(a)})" for a in expr.args)
 
+    def _print_Piecewise(self, expr):
+        # one line, ``(c1) ? (e1) : (e2)``, for the selects of vector loops (SymPy's spreads a
+        # ternary over several lines); the last piece must hold everywhere
+        if expr.args[-1].cond != sympy.true:
+            raise ValueError("bnsym: a Piecewise needs a last piece with condition True")
+        text = f"({self._print(expr.args[-1].expr)})"
+        for e, c in reversed(expr.args[:-1]):
+            text = f"(({self._print(c)}) ? ({self._print(e)}) : {text})"
+        return text
+
     def parenthesize(self, item, level, strict=False):
         # A Pow printed as a product or a quotient is wrapped whenever it is an operand: SymPy's
         # Mul printer puts it after "/" at Add precedence (-1/b**2), where "b*b" would be wrong.

@@ -384,6 +384,36 @@ def test_float64_mean_beyond_sqrt_max(threads, backend, shape, layout):
     assert np.isfinite(gi).all() and np.isfinite(gw).all()
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("shape,layout", SCHEDULES)
+def test_float64_variance_beyond_double_range(threads, backend, shape, layout):
+    """float64 channels whose variance overflows: spreads of 1e200 around 0 (``1e200*z``) and
+    values of ``(0.3 .. 0.9)*1e200``, whose deviations from a recentered shift still square to
+    inf. A block's ``M2 = s2 - s1*(s1/n)`` was then inf - inf = NaN wherever the deviations'
+    sum s1 came out of the order of 1e184 rather than 0 (its square overflows too): NaN for
+    invstd, y and the running variance. As PyTorch and the reference: the mean finite and as
+    accurate as ever, invstd 0, y = beta, the running variance inf; the backward's
+    grad_input and grad_weight 0 (invstd 0) and grad_bias sum(dy)."""
+    rng = np.random.default_rng(13)
+    vals = 1e200 * rng.standard_normal(shape)
+    vals[:, 1] = 1e200 * rng.uniform(0.3, 0.9, vals[:, 1].shape)
+    x = arr(vals, F64, layout)
+    C = shape[1]
+    w, b = params(C, F64)
+    rm, rv = np.zeros(C), np.ones(C)
+    y, sm, si = forward(x, w, b, rm, rv, True, backend=backend)
+    np.testing.assert_allclose(sm, ref_stats(x)[0], rtol=0, atol=1e200 * 2.0**-40)
+    np.testing.assert_array_equal(si, np.zeros(C))
+    np.testing.assert_array_equal(y, np.broadcast_to(b.reshape((1, C) + (1,) * (len(shape) - 2)), y.shape))
+    np.testing.assert_array_equal(rv, np.full(C, np.inf))
+    np.testing.assert_allclose(rm, 0.1 * sm, rtol=RTOL[F64])
+    dy = arr(rng.standard_normal(shape), F64, layout)
+    gi, gw, gb = bnsym.batch_norm_backward(dy, x, w, None, None, sm, si, True, 1e-5, backend=backend)
+    np.testing.assert_array_equal(gi, np.zeros_like(gi))
+    np.testing.assert_array_equal(gw, np.zeros(C))
+    np.testing.assert_allclose(gb, ref_stats(dy)[0] * (dy.size // C), rtol=1e-12, atol=1e-12 * dy.size)
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape,layout", SCHEDULES)
 def test_float64_output_of_tiny_weight_and_huge_x(threads, shape, layout, training):
