@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -22,7 +23,7 @@ F64 = np.dtype(np.float64)
 SUPPORTED = (F32, F64)
 
 
-def _describe_dtype(dt: np.dtype) -> str:
+def describe_dtype(dt: np.dtype) -> str:
     if not dt.isnative and dt.newbyteorder("=") in SUPPORTED:
         return f"{dt.newbyteorder('=')} in non-native byte order ({dt.str!r})"
     return str(dt)
@@ -41,13 +42,24 @@ def array(a, name: str) -> np.ndarray:
             + (" (convert it with numpy.asarray(..., dtype=numpy.float32))"
                if isinstance(a, (list, tuple, numbers.Number)) else "")
         )
+    _not_masked(a, name)
     dt = a.dtype
     if not (dt == F32 or dt == F64) or not dt.isnative:
         raise TypeError(
-            f"{name} has dtype {_describe_dtype(dt)}; bnsym supports float32 and float64 "
+            f"{name} has dtype {describe_dtype(dt)}; bnsym supports float32 and float64 "
             f"in native byte order (convert with {name}.astype(numpy.float32))"
         )
     return a
+
+
+def _not_masked(a: np.ndarray, name: str) -> None:
+    """A masked array's mask would be ignored (the kernels see its data): refused."""
+    ma = sys.modules.get("numpy.ma")  # never imported here: no masked array exists without it
+    if ma is not None and isinstance(a, ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, whose mask bnsym would ignore; pass "
+            f"{name}.filled(value) or {name}.data"
+        )
 
 
 def input_array(x, name: str = "input") -> np.ndarray:
@@ -185,6 +197,7 @@ def out_array(o, name: str, shape: tuple, dtype: np.dtype, layout: str, perm=Non
     """
     if not isinstance(o, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(o).__name__}")
+    _not_masked(o, name)
     if o.dtype != dtype:
         raise TypeError(f"{name} has dtype {o.dtype}, expected {dtype} (the input's dtype)")
     if o.shape != tuple(shape):

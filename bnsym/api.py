@@ -87,6 +87,7 @@ del _dt, _e
 _EMPTIES = (_EMPTY[_F32], _EMPTY[_F64])  # by dtype is float64 (the C entry points')
 
 _MAX_DEFAULT_THREADS = 8
+_MAX_THREADS = 2**31 - 1  # the kernels take the count as a C int
 
 
 def _default_threads() -> int:
@@ -94,11 +95,11 @@ def _default_threads() -> int:
     if env:
         try:
             n = int(env)
-            if n >= 1:
+            if 1 <= n <= _MAX_THREADS:
                 return n
         except ValueError:
             pass
-        warnings.warn(f"bnsym: ignoring BNSYM_NUM_THREADS={env!r} (expected an integer >= 1)",
+        warnings.warn(f"bnsym: ignoring BNSYM_NUM_THREADS={env!r} (expected an integer from 1 to {_MAX_THREADS})",
                       RuntimeWarning, stacklevel=3)
     try:
         n = len(os.sched_getaffinity(0))
@@ -115,8 +116,8 @@ def set_num_threads(n: int) -> None:
     global _num_threads
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"num_threads must be an int >= 1, got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
+    if not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"num_threads must be >= 1 and <= {_MAX_THREADS} (a C int), got {n}")
     _num_threads = int(n)
 
 
@@ -388,6 +389,8 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     NC = shape[0] * C
     S = size // NC if NC else 0
     if training:
+        if (rm is None) is not (rv is None):
+            raise ValueError("running_mean and running_var must either both be None or neither be None")
         if shape[0] * S == 1:
             _checks.training_batch(shape)
     elif rm is None or rv is None:
@@ -636,7 +639,8 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     ``save_invstd=`` may supply the arrays). Evaluation: both are empty arrays of shape (0,), as
     aten's CPU kernel returns (read-only, shared).
     """
-    if training is True and isinstance(input, _ndarray) and input.size == 0:
+    if (training is True or type(training) is np.bool_ and training) and isinstance(input, _ndarray) \
+            and input.size == 0:
         # aten.native_batch_norm refuses empty input in training mode (batch_norm does not).
         raise ValueError(f"input tensor must have at least one element, but got input size "
                          f"{_checks.shape_str(input.shape)} (use batch_norm for empty batches)")

@@ -137,8 +137,11 @@ class BatchNorm:
             raise ValueError(f"BatchNorm({self.num_features}) expects {self.num_features} channels "
                              f"(axis 1), got input of shape {_checks.shape_str(x.shape)}")
         if x.dtype != self.dtype:
-            raise TypeError(f"BatchNorm(dtype={self.dtype.name}) got input of dtype {x.dtype}: "
-                            f"convert the input or create the layer with dtype=numpy.{x.dtype}")
+            hint = (f"convert the input or create the layer with dtype=numpy.{x.dtype}"
+                    if x.dtype in (np.float32, np.float64) and x.dtype.isnative
+                    else f"convert it with x.astype(numpy.{self.dtype.name})")
+            raise TypeError(f"BatchNorm(dtype={self.dtype.name}) got input of dtype "
+                            f"{_checks.describe_dtype(x.dtype)}: {hint}")
 
     def _buffer(self, name, shape, tag, avoid=()):
         """A kept output array of this shape and layout tag, or None (then a fresh one is made)."""
@@ -279,7 +282,8 @@ class BatchNorm:
         if self.track_running_stats and "num_batches_tracked" in keys:
             v = _to_numpy(state_dict["num_batches_tracked"], "num_batches_tracked")
             if v.size != 1 or not (np.issubdtype(v.dtype, np.integer) or
-                                   (np.issubdtype(v.dtype, np.floating) and float(v) == int(v))):
+                                   (np.issubdtype(v.dtype, np.floating) and np.isfinite(v).all()
+                                    and float(v.reshape(())) == int(v.reshape(())))):
                 raise ValueError("state_dict['num_batches_tracked'] must be a single integer")
             nbt = int(v.reshape(()))
             if nbt < 0:

@@ -338,9 +338,10 @@ static PyObject *bnsym_py_forward(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     x = (PyArrayObject *)x_;
     dt = PyArray_DESCR(x);
-    if (!bnsym_py_layout(x, f64, &N, &C, &S, &nsc)
-        || (training ? (N * S == 1) : (rm == Py_None || rv == Py_None)))
-        Py_RETURN_NONE; /* a training batch of one value; evaluation without statistics */
+    if (!bnsym_py_layout(x, f64, &N, &C, &S, &nsc) || (rm == Py_None) != (rv == Py_None)
+        || (training ? (N * S == 1) : (rm == Py_None)))
+        Py_RETURN_NONE; /* one running statistic without the other; a training batch of one
+                         * value; evaluation without statistics */
     if (!bnsym_py_channel(w, dt, C, 0, &pw) || !bnsym_py_channel(b, dt, C, 0, &pb)
         || !bnsym_py_channel(rm, dt, C, training, &prm) || !bnsym_py_channel(rv, dt, C, training, &prv))
         Py_RETURN_NONE;

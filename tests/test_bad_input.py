@@ -67,6 +67,8 @@ def _call_fails(exc, match, backend, **changes):
     (np.ones((4, C), dtype=">f4"), TypeError, "non-native byte order"),
     (np.ones((C,), dtype=F32), ValueError, "at least 2 dimensions.*\\(3,\\)"),
     (np.float32(1.0), TypeError, "numpy.ndarray"),
+    (np.ma.masked_array(np.ones((4, C), F32), mask=np.eye(4, C, dtype=bool)), TypeError,
+     "input is a numpy.ma.MaskedArray, whose mask bnsym would ignore"),
 ])
 def test_bad_input_array(value, exc, match, backend):
     _call_fails(exc, match, backend, input=value)
@@ -122,6 +124,13 @@ def test_readonly_running_stats_fine_in_eval(backend):
 def test_running_stats_required_in_eval(missing, backend):
     _call_fails(ValueError, "running_mean and running_var must be given in evaluation mode",
                 backend, training=False, **{missing: None})
+
+
+@pytest.mark.parametrize("missing", ["running_mean", "running_var"])
+def test_running_stats_both_or_neither_in_training(missing, backend):
+    """PyTorch's rule and message: one running statistic alone is refused (it was updated alone)."""
+    _call_fails(ValueError, "running_mean and running_var must either both be None or neither be None",
+                backend, **{missing: None})
 
 
 def test_running_stats_overlapping_each_other(backend):
@@ -206,6 +215,7 @@ def test_bad_backend():
     (lambda x: np.empty(x.shape[:2], F32), ValueError, "out has shape"),
     (lambda x: np.empty(x.shape, F32, order="F"), ValueError, "out must be C-contiguous"),
     (lambda x: [0.0], TypeError, "out must be a numpy.ndarray"),
+    (lambda x: np.ma.masked_array(np.empty_like(x)), TypeError, "out is a numpy.ma.MaskedArray"),
 ])
 def test_bad_out(make_out, exc, match, backend):
     x = _args()["input"]

@@ -131,6 +131,9 @@ def test_load_state_dict_validates_before_changing(backend):
         bn.load_state_dict(dict(before, extra=np.zeros(3)))
     with pytest.raises(KeyError, match="missing keys \\['bias'\\]"):
         bn.load_state_dict({k: v for k, v in before.items() if k != "bias"})
+    for count in (np.inf, np.nan, 2.5, -1):  # named, not a bare OverflowError from int(inf)
+        with pytest.raises(ValueError, match="num_batches_tracked"):
+            bn.load_state_dict(dict(before, num_batches_tracked=np.array(count)))
     for k, v in bn.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     bn.load_state_dict({k: v for k, v in before.items() if k != "num_batches_tracked"})
@@ -275,3 +278,15 @@ def test_layer_matches_torch_over_steps(momentum, track, kernels):
     bn.eval(), tbn.eval()
     x = rng.standard_normal((2, 3, 3, 2))
     np.testing.assert_allclose(bn(x), tbn(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,hint", [
+    (np.float64, "create the layer with dtype=numpy.float64"),
+    (np.float16, "convert it with x.astype\\(numpy.float32\\)"),
+    (">f4", "non-native byte order.*convert it with x.astype\\(numpy.float32\\)"),
+])
+def test_input_dtype_error_hints_what_works(dtype, hint):
+    """The hint names a layer dtype only where the layer takes it (float16 and big-endian input
+    once suggested ``dtype=numpy.float16`` / ``dtype=numpy.>f4``)."""
+    with pytest.raises(TypeError, match=hint):
+        bnsym.BatchNorm(3)(np.zeros((2, 3), dtype))
