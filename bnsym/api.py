@@ -154,6 +154,13 @@ def _init():
     if _init_error is not None:
         raise _init_error
     try:
+        src = build.kernel_dir()
+        problem = build.api_folder_problem(src)
+        if problem is not None:
+            raise build.CompileError(
+                f"bnsym: the kernel folder {src} {problem}; the Python API needs {build.FULL_SET}"
+                + (" ($BNSYM_KERNEL_DIR points there)" if os.environ.get("BNSYM_KERNEL_DIR")
+                   else "; run 'bnsym generate --update' in a source checkout"))
         ffi, lib = build.load()
     except build.CompileError as exc:
         _init_error = exc

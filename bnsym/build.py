@@ -121,6 +121,26 @@ def kernel_dir() -> Path:
     return generated_dir()
 
 
+#: What the Python API (and ``bnsym compare``, which calls kernels through it) needs of a folder.
+FULL_SET = ("the full set with the default prefix, as 'bnsym generate --out DIR' writes it "
+            "without --prefix, --dtypes or --layouts")
+
+
+def api_folder_problem(folder: Path) -> str | None:
+    """Why the Python API cannot call the kernels of ``folder`` (checked before anything is
+    compiled), or None: no ``bnsym.h``, or one that declares not every kernel it calls."""
+    header = Path(folder) / "bnsym.h"
+    if not header.is_file():
+        return "holds no bnsym.h"
+    from bnsym.api import KERNEL_NAMES
+
+    text = header.read_text(errors="replace")
+    missing = [name for row in KERNEL_NAMES for name in row if f"{name}(" not in text]
+    if missing:
+        return f"declares no {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"
+    return None
+
+
 def _source_files(src: Path) -> list[Path]:
     header = src / "bnsym.h"
     if not header.is_file():

@@ -32,28 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym import bench
+from bnsym import bench, build
 from bnsym.bench import time_pair
 
 __all__ = ["compare", "format_compare", "main", "cli_compare"]
-
-
-_FULL_SET = ("the full set with the default prefix, as 'bnsym generate --out DIR' writes it "
-             "without --prefix, --dtypes or --layouts")
-
-
-def _folder_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be compared (checked before anything is compiled), or None."""
-    header = folder / "bnsym.h"
-    if not header.is_file():
-        return "holds no bnsym.h"
-    from bnsym.api import KERNEL_NAMES
-
-    text = header.read_text(errors="replace")
-    missing = [name for row in KERNEL_NAMES for name in row if f"{name}(" not in text]
-    if missing:
-        return f"declares no {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"
-    return None
 
 
 def _tuning_macros(folder: Path) -> list[str]:
@@ -94,7 +76,7 @@ def _load(folder: Path, defines=()):
         return api._kernels(ffi, lib)
     except AttributeError as exc:
         raise ValueError(f"the kernels of {folder} are not the full set ({exc}); bnsym compare "
-                         f"calls them through the API, which needs {_FULL_SET}") from None
+                         f"calls them through the API, which needs {build.FULL_SET}") from None
 
 
 def _outputs(result) -> list:
@@ -242,10 +224,10 @@ def main(argv=None, prog="bnsym compare") -> int:
     b = Path(ns.b) if ns.b is not None else kernel_dir()
     for name, folder, defines, flag in (("DIR", b, ns.defines, "-D"),
                                         ("--base", base, ns.base_defines, "--base-define")):
-        problem = _folder_problem(folder)
+        problem = build.api_folder_problem(folder)
         if problem:
             print(f"bnsym compare: {name} {folder} {problem}: it needs a folder of kernels, "
-                  f"{_FULL_SET}", file=sys.stderr)
+                  f"{build.FULL_SET}", file=sys.stderr)
             return 2
         problem = _define_problem(folder, defines)
         if problem:

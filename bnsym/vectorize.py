@@ -9,8 +9,11 @@ marked loop stays scalar. GCC reports an ``omp simd`` loop at the first statemen
 so a marked loop at line n counts as vectorized when a remark names line n or n + 1.
 
 ``-fno-ipa-icf`` keeps identical functions (the two dtypes' ``fold``, say) apart: folded into
-one, only one of them would be reported. Other compilers (Clang) have no such remarks:
-:class:`Unavailable` says so.
+one, only one of them would be reported. ``-fkeep-static-functions`` compiles the functions a
+kernel set never calls (a set of one layout, from ``bnsym generate --layouts``), which GCC
+would otherwise drop unoptimized and unreported. A marked loop that GCC replaces by library
+calls (a copy loop by ``memcpy``: "split to 0 loops and 1 library calls") is vector code too,
+reported as such. Other compilers (Clang) have no such remarks: :class:`Unavailable` says so.
 
 Runtime path: not imported by ``import bnsym`` (no sympy, no jinja2 either way).
 """
@@ -29,6 +32,7 @@ __all__ = ["LoopReport", "Unavailable", "marked_loops", "report", "report_dir", 
 
 _MARKER = re.compile(r"^\s*(BNSYM_SIMD|BNSYM_SIMD_PRAGMA\(omp simd\b.*\))\s*$")
 _REMARK = re.compile(r"^(?P<file>.*?):(?P<line>\d+):\d+: optimized: loop vectorized using (?P<bytes>\d+) byte vectors")
+_LIBCALL = re.compile(r"^(?P<file>.*?):(?P<line>\d+):\d+: optimized: Loop \d+ distributed: split to 0 loops and \d+ library calls")
 _FUNCTION = re.compile(r"^(?:static\s+)?(?:inline\s+)?(?:__attribute__\(\(\w+\)\)\s+)?[A-Za-z_][\w ]*?\b(\w+)\(")
 
 
@@ -38,18 +42,20 @@ class Unavailable(RuntimeError):
 
 @dataclass
 class LoopReport:
-    """A marked loop: its line (1-based), the function holding it, the ``for`` statement, and
-    the vector widths GCC used for it (bytes; empty: not vectorized)."""
+    """A marked loop: its line (1-based), the function holding it, the ``for`` statement, the
+    vector widths GCC used for it (bytes; empty: not vectorized), and whether GCC replaced it
+    by library calls (``memcpy``, ``memset``)."""
 
     file: str
     line: int
     function: str
     text: str
     widths: list[int] = field(default_factory=list)
+    library_call: bool = False
 
     @property
     def vectorized(self) -> bool:
-        return bool(self.widths)
+        return bool(self.widths) or self.library_call
 
 
 def marked_loops(text: str) -> list[tuple[int, str, str]]:
@@ -90,7 +96,8 @@ def report(c_file: Path | str, *, openmp: bool = True, cc: list[str] | None = No
     with tempfile.TemporaryDirectory(prefix="bnsym-vec-") as tmp:
         remarks = Path(tmp) / "remarks.txt"
         cmd = cc + flags + list(extra_flags or []) + [
-            "-fno-ipa-icf", f"-fopt-info-vec-optimized={remarks}", f"-I{c_file.parent}",
+            "-fno-ipa-icf", "-fkeep-static-functions", f"-fopt-info-vec-loop-optimized={remarks}",
+            f"-I{c_file.parent}",
             "-c", str(c_file), "-o", str(Path(tmp) / "kernel.o")]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,14 +110,18 @@ def report(c_file: Path | str, *, openmp: bool = True, cc: list[str] | None = No
             raise RuntimeError(f"compiling {c_file.name} failed:\n$ {' '.join(cmd)}\n{proc.stderr}")
         text = remarks.read_text() if remarks.exists() else ""
     widths: dict[int, list[int]] = {}
+    libcalls: set[int] = set()
     for line in text.splitlines():
         m = _REMARK.match(line)
         if m and Path(m.group("file")).name == c_file.name:
             widths.setdefault(int(m.group("line")), []).append(int(m.group("bytes")))
+        m = _LIBCALL.match(line)
+        if m and Path(m.group("file")).name == c_file.name:
+            libcalls.add(int(m.group("line")))
     loops = []
     for n, function, stmt in marked_loops(c_file.read_text()):
         w = sorted(set(widths.get(n, []) + widths.get(n + 1, [])), reverse=True)
-        loops.append(LoopReport(c_file.name, n, function, stmt, w))
+        loops.append(LoopReport(c_file.name, n, function, stmt, w, n in libcalls or n + 1 in libcalls))
     return loops
 
 
@@ -162,7 +173,9 @@ def cli_vectorized(args) -> int:
     for name, loops in result.items():
         bad = [lp for lp in loops if not lp.vectorized]
         widths = sorted({w[0] for w in (lp.widths for lp in loops) if w}, reverse=True)
+        libcalls = sum(1 for lp in loops if lp.library_call and not lp.widths)
         print(f"{name}: {len(loops) - len(bad)} of {len(loops)} marked loops vectorized"
+              + (f" ({libcalls} of them as library calls such as memcpy)" if libcalls else "")
               + (f" (widest vectors: {', '.join(f'{w} bytes' for w in widths)})" if widths else ""))
         for lp in bad:
             print(f"  NOT VECTORIZED  line {lp.line} in {lp.function}: {lp.text}")

@@ -519,6 +519,38 @@ def test_num_threads_env_default():
     assert out.stdout.strip() == "3", out.stderr
 
 
+@pytest.mark.parametrize("variant", ["float32 only", "prefix mybn_"])
+def test_kernel_dir_of_a_partial_set_is_explained(tmp_path, variant):
+    """``$BNSYM_KERNEL_DIR`` at a set from ``bnsym generate --out`` with ``--dtypes`` or
+    ``--prefix``: the first call says what the API needs, before compiling anything (it once
+    compiled the set and failed on a missing attribute, or asked for ``bnsym generate
+    --update``, which rewrites the package's kernels)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bnsym._paths import generated_dir
+
+    kdir = tmp_path / "k"
+    shutil.copytree(generated_dir(), kdir)
+    header = kdir / "bnsym.h"
+    if variant == "float32 only":
+        header.write_text("\n".join(ln for ln in header.read_text().split("\n") if "_f64_" not in ln))
+        expected = "declares no bnsym_forward_train_f64_ncs"
+    else:
+        header.rename(kdir / "mybn.h")
+        expected = "holds no bnsym.h"
+    code = ("import numpy as np, bnsym\n"
+            "bnsym.batch_norm(np.ones((4, 3), np.float32), None, None, training=True)")
+    env = dict(os.environ, BNSYM_KERNEL_DIR=str(kdir), BNSYM_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "CompileError" in p.stderr and expected in p.stderr, p.stderr
+    assert "without --prefix, --dtypes or --layouts" in p.stderr and "$BNSYM_KERNEL_DIR" in p.stderr
+    assert "compiling" not in p.stderr and not (tmp_path / "cache").exists()
+
+
 # --------------------------------------------------------------------------- PyTorch
 
 

@@ -79,6 +79,52 @@ def test_report_tells_a_scalar_loop_from_a_vector_one(tmp_path):
     assert loops[0].widths and all(w >= 16 for w in loops[0].widths)
 
 
+def test_report_counts_library_calls_and_unused_functions(tmp_path):
+    """A marked copy loop that GCC turns into ``memcpy`` is vector code, and a marked loop of a
+    function nothing calls (a kernel set of one layout has such) is compiled and judged, not
+    dropped unreported: both once failed ``bnsym vectorized`` on sets from ``generate --out``."""
+    (tmp_path / "probe.c").write_text(textwrap.dedent("""\
+        #include <stdint.h>
+        #if defined(_OPENMP) || defined(BNSYM_OPENMP_SIMD)
+        #define BNSYM_SIMD _Pragma("omp simd")
+        #else
+        #define BNSYM_SIMD
+        #endif
+        void copied(double *restrict y, const double *restrict x, int64_t n)
+        {
+            int64_t j;
+            BNSYM_SIMD
+            for (j = 0; j < n; ++j)
+                y[j] = x[j];
+        }
+        static void unused(double *restrict y, const double *restrict x, int64_t n)
+        {
+            int64_t j;
+            BNSYM_SIMD
+            for (j = 0; j < n; ++j)
+                y[j] = 3.0 * x[j];
+        }
+    """))
+    loops = _report_or_skip(vectorize.report, tmp_path / "probe.c")
+    assert [(lp.function, lp.library_call, bool(lp.widths)) for lp in loops] == [
+        ("copied", True, False), ("unused", False, True)]
+    assert all(lp.vectorized for lp in loops)
+
+
+def test_a_kernel_set_of_one_layout_is_vectorized(tmp_path):
+    """``bnsym generate --out DIR --layouts nsc`` (the README's own variant): every marked loop of
+    its backward evaluation kernel, the one where GCC dropped unused functions, is vectorized."""
+    from bnsym import codegen
+
+    files = codegen.render(dtypes=("float32",), layouts=("nsc",), prefix="mybn_")
+    for name in ("mybn.h", "mybn_backward_eval.c"):
+        (tmp_path / name).write_text(files[name])
+    loops = _report_or_skip(vectorize.report, tmp_path / "mybn_backward_eval.c")
+    assert len(loops) > 10
+    scalar = [f"line {lp.line} in {lp.function}: {lp.text}" for lp in loops if not lp.vectorized]
+    assert not scalar, "marked loops left scalar:\n" + "\n".join(scalar)
+
+
 @pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "serial-omp-simd"])
 def test_every_marked_loop_of_the_kernels_is_vectorized(openmp):
     result = _report_or_skip(vectorize.report_dir, generated_dir(), openmp=openmp)
@@ -103,4 +149,4 @@ def test_cli_explains_an_empty_folder_and_a_compile_error(tmp_path, capsys):
         pytest.skip("not GCC")
     assert rc == 1
     assert "compiling broken.c failed" in err and "undeclared_name" in err
-    assert "-fopt-info-vec-optimized=" in err  # the command that failed
+    assert "-fopt-info-vec-loop-optimized=" in err  # the command that failed
