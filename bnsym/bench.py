@@ -93,6 +93,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bnsym.cli import seed_arg
+
 __all__ = ["cli_bench", "main", "run", "BenchConfig", "DEFAULT_CASES", "QUICK_CASES"]
 
 PASSES = ("fwd", "infer", "bwd")
@@ -1846,7 +1848,7 @@ def build_parser(prog="bnsym bench") -> argparse.ArgumentParser:
     p.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                    help="before each case (and each retry), wait up to S seconds until other processes "
                         "leave the CPUs idle (default 5, 0 with --quick)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--from-json", metavar="FILE", help="measure nothing: print (and --plot) a report saved with --json")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
@@ -1898,8 +1900,14 @@ def main(argv=None, prog="bnsym bench") -> int:
             print("bnsym bench: error: --plot needs matplotlib (pip install 'bnsym[bench]')", file=sys.stderr)
             return 2
     if ns.from_json:  # re-print (and re-plot) a saved report, with the summary recomputed
-        report = json.loads(Path(ns.from_json).read_text(encoding="utf-8"))
-        c = report["meta"].get("config", {})
+        try:
+            report = json.loads(Path(ns.from_json).read_text(encoding="utf-8"))
+            c = report["meta"].get("config", {})
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            print(f"bnsym bench: error: cannot read a report from {ns.from_json} ({why}; "
+                  f"expected a file written by 'bnsym bench --json')", file=sys.stderr)
+            return 2
         cfg = BenchConfig(threads=tuple(c.get("threads", (1, 2))), quick=c.get("quick", False))
         report["summary"] = summarize(report, cfg)
     else:

@@ -37,6 +37,24 @@ def _csv(choices):
     return parse
 
 
+def seed_arg(text: str) -> int:
+    """A random seed: an integer >= 0 (NumPy's generators refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _folder(text: str) -> str:
+    """A folder to write into: not empty, not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bnsym",
@@ -48,22 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("derive", help="print the derived forward and backward passes")
     p.add_argument("--mode", choices=["train", "eval"], default="train")
     p.add_argument("--stages", action="store_true", help="show every forward stage and its adjoint")
-    p.add_argument("--plan", action="store_true", help="show the kernel plans given to the code generator")
-    p.add_argument("--latex", action="store_true", help="print LaTeX instead of plain text")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--plan", action="store_true", help="show the kernel plans given to the code generator")
+    form.add_argument("--latex", action="store_true",
+                      help="print LaTeX instead of plain text (the stages and closed forms; the plans are text only)")
     p.add_argument("--dot", metavar="FILE", help="write the computational graph in Graphviz DOT")
     p.set_defaults(handler=("bnsym.derivation", "cli_derive"))
 
     p = sub.add_parser("verify", help="run every proof of the derived gradients and print a table")
     p.add_argument("--mode", choices=["train", "eval", "all"], default="all")
     p.add_argument("--max-m", type=int, default=6, help="largest batch size for the exact proofs (2..8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(handler=("bnsym.verify", "cli_verify"))
 
     p = sub.add_parser("generate", help="write the C kernels from the derivation and the templates")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="fail if generated/ differs from a fresh generation")
     mode.add_argument("--update", action="store_true", help="rewrite generated/ in the source tree")
-    mode.add_argument("--out", metavar="DIR", help="write a custom set into DIR (for your own C project)")
+    mode.add_argument("--out", metavar="DIR", type=_folder, help="write a custom set into DIR (for your own C project)")
     p.add_argument("--dtypes", type=_csv(["float32", "float64"]), default=["float32", "float64"])
     p.add_argument("--layouts", type=_csv(["ncs", "nsc"]), default=["ncs", "nsc"],
                    help="ncs: contiguous (N, C, *spatial); nsc: channels-last")
@@ -88,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=("bnsym.compare", "cli_compare"))
 
     p = sub.add_parser("pipeline", help="the main job end to end: derive, verify, generate, compile, run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(handler=("bnsym.pipeline", "cli_pipeline"))
     return parser
 

@@ -957,6 +957,14 @@ def cli_generate(args) -> int:
         print("bnsym: --check and --update use the default set (all dtypes, layouts, prefix bnsym_); "
               "use --out DIR for a custom set", file=sys.stderr)
         return 2
+    if args.out:  # a path that cannot be a folder fails now, not after the derivation
+        existing = Path(args.out)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            print(f"bnsym: error: cannot write the kernels into {args.out}: {existing} is not a folder",
+                  file=sys.stderr)
+            return 2
     files = render(dtypes, layouts, prefix, progress=status)
     if args.check:
         ref = _paths.generated_dir()
@@ -989,7 +997,12 @@ def cli_generate(args) -> int:
               f"{'; removed ' + ', '.join(p.name for p in stale) if stale else ''}")
         return 0
     if args.out:
-        paths = write(args.out, files)
+        try:
+            paths = write(args.out, files)
+        except OSError as exc:
+            print(f"bnsym: error: cannot write the kernels into {args.out}: "
+                  f"{exc.strerror or exc}{' (' + exc.filename + ')' if exc.filename else ''}", file=sys.stderr)
+            return 2
         for p in paths:
             print(f"wrote {p} ({len(files[p.name])} bytes)")
         print("compile with: cc -std=c99 -O3 -march=native -fno-math-errno -fopenmp -c *.c (OpenMP "

@@ -34,6 +34,7 @@ import numpy as np
 
 from bnsym import bench, build
 from bnsym.bench import time_pair
+from bnsym.cli import seed_arg
 
 __all__ = ["compare", "format_compare", "main", "cli_compare"]
 
@@ -203,7 +204,7 @@ def build_parser(prog="bnsym compare") -> argparse.ArgumentParser:
                    help="fwd,infer,bwd (default: all)")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of sampling per cell (default 0.3)")
     p.add_argument("--min-samples", type=int, default=25, help="samples of each per cell (default 25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     prog_group = p.add_mutually_exclusive_group()
     prog_group.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -29,6 +29,7 @@ moving variance takes the biased batch variance.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 
 import sympy
@@ -479,7 +480,7 @@ def cli_derive(args) -> int:
             with open(args.dot, "w", encoding="utf-8") as fh:
                 fh.write(d.dot())
         except OSError as exc:
-            print(f"bnsym: error: cannot write {args.dot}: {exc.strerror}")
+            print(f"bnsym: error: cannot write {args.dot}: {exc.strerror}", file=sys.stderr)
             return 2
     if args.latex:
         print(d.latex())

@@ -60,13 +60,28 @@ def test_derive_cli_outputs(tmp_path):
     assert p.returncode == 0 and "\\begin{align*}" in p.stdout
 
 
-@pytest.mark.parametrize("args", [["derive", "--mode", "nope"], ["verify", "--max-m", "x"],
-                                  ["frobnicate"], ["verify", "--max-m", "40"]])
+@pytest.mark.parametrize("args", [
+    ["derive", "--mode", "nope"], ["verify", "--max-m", "x"], ["frobnicate"], ["verify", "--max-m", "40"],
+    # once tracebacks (NumPy refuses a negative seed), an error on stdout, or silently ignored
+    ["verify", "--seed", "-1"], ["pipeline", "--seed", "-1"], ["bench", "--seed", "-1"],
+    ["compare", "--seed", "-1"], ["derive", "--latex", "--plan"], ["generate", "--out", ""],
+    ["bench", "--from-json", "/nonexistent/report.json"], ["derive", "--dot", "/nonexistent/dir/g.dot"],
+])
 def test_bad_cli_arguments_give_one_line_and_nonzero_exit(args):
     p = run(*args)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not p.stdout.strip(), p.stdout
+
+
+def test_generate_out_into_a_file_is_refused_before_deriving(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile, afile / "sub"):
+        p = run("generate", "--out", str(out))
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert p.stderr.strip() == f"bnsym: error: cannot write the kernels into {out}: {afile} is not a folder"
 
 
 def test_bench_options_reach_the_benchmark():
