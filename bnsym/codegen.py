@@ -799,10 +799,12 @@ def _stats_helpers() -> dict:
         # M2 = s2 - s1**2/n taken as s2 - s1*a with a = s1/n, the block's mean offset: s1**2
         # overflows where s1**2/n does not (1e4 deviations of 1e150 from a shift 1e150 off)
         a=p.doprint(s1 / n),
-        # where the squares overflowed (s2 inf: deviations beyond sqrt(DBL_MAX) from a recentered
-        # shift), M2 is inf too, not s2 - s1*a: s1*a may overflow as well (a sum of deviations of
-        # 2e199 that is 1e184, not 0), and inf - inf is NaN
-        block_m2=p.doprint(sympy.Piecewise((s2, sympy.Not(is_finite(s2))), (s2 - s1 * a, True))),
+        # where the squares overflowed but not the deviations (s2 inf, s1 finite: deviations
+        # beyond sqrt(DBL_MAX) from a recentered shift), M2 is inf too, not s2 - s1*a: s1*a may
+        # overflow as well (a sum of deviations of 2e199 that is 1e184, not 0), and inf - inf is
+        # NaN. An inf or NaN among the values (s1 not finite) keeps the NaN, as PyTorch's.
+        block_m2=p.doprint(sympy.Piecewise((s2, sympy.And(is_finite(s1), sympy.Not(is_finite(s2)))),
+                                           (s2 - s1 * a, True))),
         # more than half of s2 would cancel (s1**2/n > s2/2): the shift is too far from the
         # mean, recenter; also
         # when the squares overflowed but not the deviations (a shift one rounding off a

@@ -338,7 +338,7 @@ static inline double bnsym_stat_block_mean(double k, double s1, double n)
 static inline double bnsym_stat_block_m2(double s1, double s2, double n)
 {
     const double a = s1/n;
-    return ((!isfinite(s2)) ? (s2) : (-a*s1 + s2));
+    return (((isfinite(s1)) && (!isfinite(s2))) ? (s2) : (-a*s1 + s2));
 }
 
 static inline int bnsym_stat_recenter(double s1, double s2, double n)

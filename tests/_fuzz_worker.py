@@ -491,6 +491,8 @@ def forward_cases(draw):
     }
     if nd == 2 and r["x_layout"] == "cl":
         r["x_layout"] = "c"
+    if r["rm"] == "none" and r["rv"] != "none":  # mostly neither (one alone is refused)
+        r["rv"] = draw(st.sampled_from(["none", "none", r["rv"]]))
     return r
 
 
@@ -697,6 +699,9 @@ def materialize_forward(r):
             and x.shape[1] and x.size // x.shape[1] == 1):
         expect_error = True
     if not expect_error and training is False and (rm is None or rv is None):
+        expect_error = True
+    # one running statistic without the other (PyTorch refuses it in training too)
+    if not expect_error and training is True and (rm is None) != (rv is None):
         expect_error = True
     if (not expect_error and training is True and momentum is None
             and (rm is not None or rv is not None)):
