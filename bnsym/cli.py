@@ -49,7 +49,7 @@ def seed_arg(text: str) -> int:
 
 
 def _folder(text: str) -> str:
-    """A folder to write into: not empty, not an existing file."""
+    """A folder to write into: not an empty path (an existing file is refused by the command)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a folder, got an empty path")
     return text
